@@ -1,0 +1,5 @@
+import sys
+
+from cemsplit.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The split-learning client: private data, the feature extractor and the defence."""

@@ -1,0 +1,60 @@
+"""Entry point of the server role: `cemsplit server`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.service import SplitLearningService
+from cemsplit.shared.config import RunConfig
+from cemsplit.shared.grpc_util import bind, write_port_file
+from cemsplit.shared.specs import split_spec
+from cemsplit.shared.wire import server_options
+from cemsplit.v1 import split_pb2, split_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = split_pb2.DESCRIPTOR.services_by_name["SplitLearning"].full_name
+
+
+def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None) -> int:
+    """Serve the split-learning service until SIGTERM, SIGINT or `stop`; returns the exit status."""
+    spec = split_spec(config)
+    stop = stop or threading.Event()
+    mirror = None
+    if config.server.attacker:
+        mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport.max_message_mb)
+        log.info("mirroring training activations to attacker %s (queue %d records)", config.server.attacker, config.server.mirror_queue)
+
+    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror)
+    health_service = health.HealthServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpc"), options=server_options(config.transport.max_message_mb))
+    split_pb2_grpc.add_SplitLearningServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+
+    port = bind(server, config.server.listen)
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
+    write_port_file(config.server.port_file, port)
+    log.info("serving %s on %s (port %d), features %s, %d classes", spec.arch, config.server.listen, port, list(spec.feature_shape), spec.num_classes)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: stop.set())
+    stop.wait()
+
+    log.info("stopping: no new calls, finishing calls in flight")
+    health_service.enter_graceful_shutdown()
+    server.stop(grace=10).wait()
+    if mirror is not None:
+        mirror.close()
+    log.info("stopped")
+    return 0

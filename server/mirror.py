@@ -1,0 +1,160 @@
+"""Mirror of received activations to an attacker service, off the training path.
+
+Records wait in a bounded queue and a background thread streams them to the attacker's Record
+call. A full queue drops new records instead of blocking training; the drop is counted and
+logged. When the attacker is down the thread reconnects with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+
+import grpc
+
+from cemsplit.shared.logs import RateLimitedLog
+from cemsplit.shared.wire import channel_options
+from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc, split_pb2
+
+log = logging.getLogger(__name__)
+
+# A stream ends after this long so that every call has a deadline; the next record opens another.
+STREAM_MAX_S = 300.0
+# A stream also ends after this long without records, so that the attacker sees its summary.
+STREAM_IDLE_S = 2.0
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+
+class AttackerMirror:
+    """Streams TrafficRecords to an attacker at `address` from a bounded queue.
+
+    Counters: `enqueued` records accepted into the queue, `sent` records the attacker confirmed,
+    `dropped` records refused by a full queue or lost with a failed stream.
+    """
+
+    def __init__(self, address: str, max_queue: int, max_message_mb: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.address = address
+        self.enqueued = 0
+        self.sent = 0
+        self.dropped = 0
+        self._queue: queue.Queue[attacker_pb2.TrafficRecord] = queue.Queue(maxsize=max_queue)
+        self._options = channel_options(max_message_mb)
+        self._credentials = credentials
+        self._open_channel: grpc.Channel | None = None
+        self._stop = threading.Event()
+        self._flush_requested = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._counter_lock = threading.Lock()
+        self._drop_log = RateLimitedLog(log)
+        self._thread = threading.Thread(target=self._run, name="attacker-mirror", daemon=True)
+        self._thread.start()
+
+    def offer(self, record: attacker_pb2.TrafficRecord) -> bool:
+        """Queue a record without blocking; returns False and counts a drop when the queue is full."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            with self._counter_lock:
+                self.dropped += 1
+            self._drop_log.warning("attacker mirror queue is full (%d records); dropping records", self._queue.maxsize)
+            return False
+        with self._counter_lock:
+            self.enqueued += 1
+        return True
+
+    def stats(self) -> split_pb2.MirrorStats:
+        with self._counter_lock:
+            return split_pb2.MirrorStats(enqueued=self.enqueued, sent=self.sent, dropped=self.dropped)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued record reached the attacker or was dropped; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        self._flush_requested.set()
+        with self._idle:
+            while not (self._queue.empty() and not self._busy):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush for up to timeout_s seconds, then stop the background thread."""
+        self.flush(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._open_channel is not None:
+            self._open_channel.close()
+
+    def _run(self) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._flush_requested.clear()
+                continue
+            with self._idle:
+                self._busy = True
+            try:
+                if self._stream([first]):
+                    backoff = BACKOFF_INITIAL_S
+                else:
+                    time.sleep(backoff * random.uniform(0.5, 1.5))
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+
+    def _channel(self) -> grpc.Channel:
+        if self._open_channel is None:
+            if self._credentials is not None:
+                self._open_channel = grpc.secure_channel(self.address, self._credentials, self._options)
+            else:
+                self._open_channel = grpc.insecure_channel(self.address, self._options)
+        return self._open_channel
+
+    def _stream(self, first: list[attacker_pb2.TrafficRecord]) -> bool:
+        """Send `first` and then queued records over one Record call; True when it succeeded."""
+        pending = list(first)
+        yielded = 0
+
+        def records():
+            nonlocal yielded
+            started = time.monotonic()
+            while True:
+                while pending:
+                    record = pending.pop(0)
+                    yielded += 1
+                    yield record
+                if self._stop.is_set() or time.monotonic() - started > STREAM_MAX_S:
+                    return
+                wait_s = 0.05 if self._flush_requested.is_set() else STREAM_IDLE_S
+                try:
+                    pending.append(self._queue.get(timeout=wait_s))
+                except queue.Empty:
+                    return
+
+        try:
+            summary = attacker_pb2_grpc.AttackerStub(self._channel()).Record(records(), timeout=STREAM_MAX_S + 60)
+        except grpc.RpcError as error:
+            lost = yielded + len(pending)
+            with self._counter_lock:
+                self.dropped += lost
+            self._drop_log.warning(
+                "stream to attacker %s failed (%s: %s); %d records lost, retrying with backoff",
+                self.address, error.code().name, error.details(), lost,
+            )
+            self._open_channel.close()
+            self._open_channel = None
+            return False
+        with self._counter_lock:
+            self.sent += summary.received
+            self.dropped += yielded - summary.received
+        return True

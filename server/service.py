@@ -1,0 +1,326 @@
+"""SplitLearning servicer: sessions, validation of every request, training and evaluation steps."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import torch
+from torch import nn
+
+from cemsplit.server.mirror import AttackerMirror
+from cemsplit.shared import codec
+from cemsplit.shared.checkpoint import save_checkpoint
+from cemsplit.shared.schedule import learning_rate
+from cemsplit.shared.specs import model_spec_mismatches
+from cemsplit.shared.vgg import ServerNet, SplitSpec
+from cemsplit.shared.wire import PROTOCOL_VERSION
+from cemsplit.v1 import attacker_pb2, split_pb2, split_pb2_grpc, tensor_pb2
+
+log = logging.getLogger(__name__)
+
+# Largest batch a client may announce; larger batches are rejected before any work.
+MAX_BATCH_SIZE = 65_536
+
+
+class RequestError(Exception):
+    """A rejected request: the gRPC status code and a message that names the field."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Session:
+    """State of one client's training run on this server."""
+
+    session_id: str
+    client_name: str
+    spec: SplitSpec
+    training: split_pb2.TrainingSpec
+    wire_dtype: int
+    max_batch_size: int
+    net: ServerNet
+    optimizer: torch.optim.Optimizer
+    last_step: int = 0
+    epoch: int = 0
+    last_reply: split_pb2.TrainReply | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
+    """Holds one server half per session and trains it on the activations clients send.
+
+    Args:
+        spec: the split this server serves; sessions describing another split are rejected.
+        checkpoint_dir: where each session's server half is saved at every epoch end and close.
+        mirror: optional attacker mirror that receives every accepted training step.
+    """
+
+    def __init__(self, spec: SplitSpec, checkpoint_dir: Path, mirror: AttackerMirror | None = None) -> None:
+        self.spec = spec
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.mirror = mirror
+        self._sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+
+    # -- RPC handlers ---------------------------------------------------------------------------
+
+    def OpenSession(self, request: split_pb2.OpenSessionRequest, context: grpc.ServicerContext) -> split_pb2.OpenSessionReply:
+        return self._handle(context, "OpenSession", request.resume_session_id or "-", 0, lambda: self._open(request))
+
+    def TrainStep(self, request: split_pb2.TrainRequest, context: grpc.ServicerContext) -> split_pb2.TrainReply:
+        return self._handle(context, "TrainStep", request.session_id, request.step, lambda: self._train(request))
+
+    def Evaluate(self, request: split_pb2.EvalRequest, context: grpc.ServicerContext) -> split_pb2.EvalReply:
+        return self._handle(context, "Evaluate", request.session_id, 0, lambda: self._evaluate(request))
+
+    def CloseSession(self, request: split_pb2.CloseSessionRequest, context: grpc.ServicerContext) -> split_pb2.CloseSessionReply:
+        return self._handle(context, "CloseSession", request.session_id, 0, lambda: self._close(request))
+
+    def _handle(self, context: grpc.ServicerContext, method: str, session_id: str, step: int, work):
+        try:
+            return work()
+        except RequestError as error:
+            log.warning("%s rejected (session %s, step %d): %s %s", method, session_id, step, error.code.name, error.message)
+            context.abort(error.code, error.message)
+
+    # -- Sessions -------------------------------------------------------------------------------
+
+    def _open(self, request: split_pb2.OpenSessionRequest) -> split_pb2.OpenSessionReply:
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol_version {request.protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}",
+            )
+        if not request.HasField("model"):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "model is missing; describe the client half in OpenSessionRequest.model")
+        mismatches = model_spec_mismatches(self.spec, request.model)
+        if mismatches:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "; ".join(mismatches) + "; start the client with the same dataset and model settings as the server",
+            )
+        _validate_training(request.training)
+        if request.wire_dtype not in (tensor_pb2.FLOAT32, tensor_pb2.FLOAT16, tensor_pb2.BFLOAT16):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wire_dtype {request.wire_dtype} is invalid; use FLOAT32, FLOAT16 or BFLOAT16",
+            )
+        if not 1 <= request.max_batch_size <= MAX_BATCH_SIZE:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"max_batch_size {request.max_batch_size} is out of range 1..{MAX_BATCH_SIZE}"
+            )
+        if request.resume_session_id:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND, f"session {request.resume_session_id!r} not found; open a new session instead"
+            )
+
+        training = request.training
+        torch.manual_seed(training.seed)
+        net = ServerNet(self.spec)
+        optimizer = torch.optim.SGD(
+            net.parameters(), lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+        session = Session(
+            session_id=uuid.uuid4().hex,
+            client_name=request.client_name or "client",
+            spec=self.spec,
+            training=training,
+            wire_dtype=request.wire_dtype,
+            max_batch_size=request.max_batch_size,
+            net=net,
+            optimizer=optimizer,
+        )
+        with self._sessions_lock:
+            self._sessions[session.session_id] = session
+        log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
+
+        if self.mirror is not None:
+            self.mirror.offer(
+                attacker_pb2.TrafficRecord(
+                    session_id=session.session_id,
+                    timestamp_ns=time.time_ns(),
+                    session_start=attacker_pb2.SessionStart(model=request.model, wire_dtype=request.wire_dtype, client_name=session.client_name),
+                )
+            )
+        return split_pb2.OpenSessionReply(session_id=session.session_id, last_step=0, protocol_version=PROTOCOL_VERSION)
+
+    def _session(self, session_id: str) -> Session:
+        with self._sessions_lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} not found; open a session first")
+        return session
+
+    def _close(self, request: split_pb2.CloseSessionRequest) -> split_pb2.CloseSessionReply:
+        session = self._session(request.session_id)
+        with session.lock:
+            self._save(session)
+        stats = split_pb2.MirrorStats()
+        if self.mirror is not None:
+            if not self.mirror.flush(max(request.flush_timeout_s, 0.0)):
+                log.warning("session %s: attacker mirror did not drain within %.1f s", session.session_id, request.flush_timeout_s)
+            stats = self.mirror.stats()
+        with self._sessions_lock:
+            self._sessions.pop(session.session_id, None)
+        log.info("closed session %s after %d steps (mirror sent %d, dropped %d)", session.session_id, session.last_step, stats.sent, stats.dropped)
+        return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats)
+
+    def _save(self, session: Session) -> None:
+        path = self.checkpoint_dir / f"server-{session.session_id}.pt"
+        save_checkpoint(
+            {
+                "model": session.net.state_dict(),
+                "optimizer": session.optimizer.state_dict(),
+                "session_id": session.session_id,
+                "last_step": session.last_step,
+                "epoch": session.epoch,
+            },
+            path,
+        )
+        log.info("session %s: saved checkpoint %s at step %d", session.session_id, path, session.last_step)
+
+    # -- Steps ----------------------------------------------------------------------------------
+
+    def _decode_activations(self, session: Session, message: tensor_pb2.Tensor, has_field: bool) -> torch.Tensor:
+        if not has_field:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "activations are missing")
+        if message.dtype != session.wire_dtype:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"activations dtype {_dtype_name(message.dtype)} does not match the session's wire dtype "
+                f"{_dtype_name(session.wire_dtype)}",
+            )
+        expected = list(session.spec.feature_shape)
+        shape = list(message.shape)
+        if len(shape) != 4 or shape[1:] != expected:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"activations shape {shape} does not match the session's [B, {', '.join(map(str, expected))}]; "
+                "start the client with the same cut_layer and bottleneck_channels as the server",
+            )
+        if not 1 <= shape[0] <= session.max_batch_size:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"activations batch size {shape[0]} is out of range 1..{session.max_batch_size}"
+            )
+        try:
+            return codec.decode(message, "activations")
+        except codec.TensorDecodeError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+
+    def _decode_labels(self, session: Session, message: tensor_pb2.Tensor, batch: int) -> torch.Tensor:
+        if message.dtype not in (tensor_pb2.INT64, tensor_pb2.INT32):
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"labels dtype {_dtype_name(message.dtype)} is invalid; send INT64 class indices"
+            )
+        if list(message.shape) != [batch]:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"labels shape {list(message.shape)} does not match the batch [{batch}]")
+        try:
+            labels = codec.decode(message, "labels").long()
+        except codec.TensorDecodeError as error:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        classes = session.spec.num_classes
+        if bool(((labels < 0) | (labels >= classes)).any()):
+            bad = labels[(labels < 0) | (labels >= classes)][0].item()
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"label {bad} is out of range 0..{classes - 1}")
+        return labels
+
+    def _train(self, request: split_pb2.TrainRequest) -> split_pb2.TrainReply:
+        session = self._session(request.session_id)
+        with session.lock:
+            if request.step == session.last_step and session.last_reply is not None:
+                log.info("session %s: step %d repeated; answering from the record", session.session_id, request.step)
+                return session.last_reply
+            if request.step != session.last_step + 1:
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"step {request.step} is out of order; expected step {session.last_step + 1} (last applied {session.last_step})",
+                )
+            if request.epoch < max(session.epoch, 1):
+                raise RequestError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"epoch {request.epoch} is invalid; steps must carry epoch >= {max(session.epoch, 1)}",
+                )
+            features = self._decode_activations(session, request.activations, request.HasField("activations"))
+            if not request.HasField("labels"):
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "labels are missing")
+            labels = self._decode_labels(session, request.labels, features.shape[0])
+
+            if request.epoch != session.epoch and session.epoch > 0:
+                self._save(session)
+            session.epoch = request.epoch
+            reply = self._apply_step(session, request, features, labels)
+            session.last_step = request.step
+            session.last_reply = reply
+
+        if self.mirror is not None:
+            self.mirror.offer(
+                attacker_pb2.TrafficRecord(
+                    session_id=session.session_id,
+                    timestamp_ns=time.time_ns(),
+                    activations=attacker_pb2.ActivationRecord(
+                        step=request.step, epoch=request.epoch, phase=attacker_pb2.TRAIN,
+                        activations=request.activations, labels=request.labels,
+                    ),
+                )
+            )
+        return reply
+
+    def _apply_step(self, session: Session, request: split_pb2.TrainRequest, features: torch.Tensor, labels: torch.Tensor) -> split_pb2.TrainReply:
+        training = session.training
+        rate = learning_rate(training.learning_rate, training.lr_milestones, training.lr_gamma, request.epoch)
+        for group in session.optimizer.param_groups:
+            group["lr"] = rate
+
+        session.net.train()
+        features.requires_grad_(True)
+        logits = session.net(features)
+        loss = nn.functional.cross_entropy(logits, labels)
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+
+        correct = int((logits.argmax(1) == labels).sum())
+        gradient = codec.encode(features.grad, wire_dtype=session.wire_dtype, compress=request.activations.compression == tensor_pb2.ZLIB)
+        return split_pb2.TrainReply(step=request.step, gradient=gradient, loss=float(loss), correct=correct, batch_size=len(labels))
+
+    def _evaluate(self, request: split_pb2.EvalRequest) -> split_pb2.EvalReply:
+        session = self._session(request.session_id)
+        with session.lock:
+            features = self._decode_activations(session, request.activations, request.HasField("activations"))
+            labels = self._decode_labels(session, request.labels, features.shape[0]) if request.HasField("labels") else None
+            session.net.eval()
+            with torch.no_grad():
+                logits = session.net(features)
+        predictions = logits.argmax(1)
+        reply = split_pb2.EvalReply(predictions=codec.encode(predictions))
+        if labels is not None:
+            reply.loss = float(nn.functional.cross_entropy(logits, labels))
+            reply.correct = int((predictions == labels).sum())
+        return reply
+
+
+def _dtype_name(value: int) -> str:
+    return tensor_pb2.DType.Name(value) if value in tensor_pb2.DType.values() else str(value)
+
+
+def _validate_training(training: split_pb2.TrainingSpec) -> None:
+    checks = [
+        (training.optimizer == "sgd", f"training.optimizer {training.optimizer!r} is not supported; use 'sgd'"),
+        (0 < training.learning_rate <= 10, f"training.learning_rate {training.learning_rate} is out of range (0, 10]"),
+        (0 <= training.momentum < 1, f"training.momentum {training.momentum} is out of range [0, 1)"),
+        (0 <= training.weight_decay < 1, f"training.weight_decay {training.weight_decay} is out of range [0, 1)"),
+        (0 < training.lr_gamma <= 1, f"training.lr_gamma {training.lr_gamma} is out of range (0, 1]"),
+        (training.epochs >= 1, f"training.epochs {training.epochs} must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)

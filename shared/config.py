@@ -1,0 +1,293 @@
+"""Run configuration: pydantic models, YAML loading and command-line overrides.
+
+One YAML file configures every role; each role reads the sections it needs. Unknown keys and
+out-of-range values are errors that name the key. Command-line flags are generated from the
+fields below, so `--help` and the config file always describe the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cemsplit.shared.wire import DEFAULT_ATTACKER_PORT, DEFAULT_MAX_MESSAGE_MB, DEFAULT_SERVER_PORT
+
+DatasetName = Literal["mnist5k", "sklearn-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "image-folder"]
+DefenseName = Literal["none", "noise"]
+WireDType = Literal["float32", "float16", "bfloat16"]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the file or flag, the key and the fix."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors and assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: DatasetName = Field("mnist5k", description="dataset name; mnist5k and sklearn-digits ship inside dependencies")
+    root: Optional[Path] = Field(None, description="directory holding an on-disk dataset (not needed for the embedded ones)")
+    image_size: Optional[int] = Field(None, ge=8, le=512, description="side in pixels that image-folder images are resized to")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="share of an embedded dataset held out for testing")
+    aux_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training images given to the attacker as auxiliary data, never to the client")
+    train_limit: Optional[int] = Field(None, ge=1, description="use at most this many client-training images (smoke tests)")
+    test_limit: Optional[int] = Field(None, ge=1, description="use at most this many test images")
+    aux_limit: Optional[int] = Field(None, ge=1, description="use at most this many auxiliary images")
+    augment: bool = Field(False, description="random crop (and horizontal flip for natural images) during client training")
+    split_seed: int = Field(0, ge=0, description="seed of the train/test/auxiliary split")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> "DataConfig":
+        if self.test_fraction + self.aux_fraction >= 0.9:
+            raise ValueError(
+                f"test_fraction {self.test_fraction} + aux_fraction {self.aux_fraction} leave under 10% "
+                "of the images for client training; lower one of them"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    arch: Literal["vgg11_bn"] = Field("vgg11_bn", description="split architecture")
+    cut_layer: int = Field(2, ge=1, le=7, description="convolution layers on the client before the bottleneck")
+    bottleneck_channels: int = Field(8, ge=0, le=512, description="channels of the 3x3 bottleneck conv at the cut; 0 sends the cut layer's output as it is")
+    client_sigmoid: bool = Field(True, description="end the client with a sigmoid so features lie in (0, 1)")
+    num_classes: Optional[int] = Field(None, ge=2, description="number of classes; default: the dataset's")
+    input_shape: Optional[list[int]] = Field(None, min_length=3, max_length=3, description="input shape C H W; default: the dataset's")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(5, ge=1, le=10_000, description="training epochs")
+    batch_size: int = Field(128, ge=1, le=65_536, description="training batch size in samples")
+    eval_batch_size: int = Field(500, ge=1, le=65_536, description="evaluation batch size in samples")
+    lr: float = Field(0.05, gt=0, le=10, description="SGD learning rate of both halves")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, lt=1, description="SGD weight decay (L2 penalty)")
+    lr_milestones: list[int] = Field(default_factory=lambda: [3, 4], description="epochs after which the learning rate is multiplied by lr_gamma")
+    lr_gamma: float = Field(0.2, gt=0, le=1, description="learning-rate factor at each milestone")
+    seed: int = Field(125, ge=0, description="seed of weights, shuffling and noise")
+    threads: int = Field(0, ge=0, le=1024, description="torch threads per process; 0 uses torch's default")
+
+
+class DefenseConfig(Section):
+    defense: DefenseName = Field("none", description="client defence")
+    noise_std: float = Field(0.0, ge=0, le=10, description="standard deviation sigma of the Gaussian noise added to the transmitted features; 0 sends them unchanged")
+
+    @model_validator(mode="after")
+    def _check_noise(self) -> "DefenseConfig":
+        if self.defense == "noise" and self.noise_std == 0:
+            raise ValueError("defense 'noise' needs noise_std > 0; set --noise-std, for example 0.025")
+        return self
+
+
+class TransportConfig(Section):
+    wire_dtype: WireDType = Field("float32", description="float type that activations and gradients travel in")
+    compress: bool = Field(False, description="zlib-compress tensors on the wire")
+    max_message_mb: int = Field(DEFAULT_MAX_MESSAGE_MB, ge=1, le=2047, description="largest gRPC message either side sends or accepts, in MiB")
+    rpc_timeout_s: float = Field(120.0, gt=0, le=86_400, description="deadline of each training or evaluation call, in seconds")
+    connect_timeout_s: float = Field(60.0, gt=0, le=86_400, description="how long a role waits for its peer to become ready, in seconds")
+
+
+class ServerConfig(Section):
+    listen: str = Field(f"127.0.0.1:{DEFAULT_SERVER_PORT}", description="host:port the server binds; port 0 picks a free port")
+    attacker: Optional[str] = Field(None, description="host:port of an attacker to mirror received activations to")
+    mirror_queue: int = Field(1024, ge=1, le=1_000_000, description="records held for the attacker before new ones are dropped")
+    port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
+
+
+class ClientConfig(Section):
+    server: str = Field(f"127.0.0.1:{DEFAULT_SERVER_PORT}", description="host:port of the split-learning server")
+    name: str = Field("client", min_length=1, max_length=128, description="client name sent to the server")
+
+
+class AttackConfig(Section):
+    listen: str = Field(f"127.0.0.1:{DEFAULT_ATTACKER_PORT}", description="host:port the attacker binds; port 0 picks a free port")
+    port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
+    decoder_epochs: int = Field(30, ge=1, le=10_000, description="epochs of inversion-decoder training")
+    decoder_batch_size: int = Field(128, ge=1, le=65_536, description="decoder training batch size in samples")
+    decoder_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the decoder, annealed by cosine to 1e-5")
+    decoder_weight_decay: float = Field(1e-4, ge=0, lt=1, description="Adam weight decay of the decoder")
+    decoder_blocks: int = Field(8, ge=0, le=64, description="residual blocks at 64 channels in the decoder")
+    grid_images: int = Field(16, ge=1, le=256, description="reconstructions shown in the PNG grid")
+    attack_timeout_s: float = Field(3600.0, gt=0, le=604_800, description="deadline of the attack call, in seconds")
+
+
+class RunConfig(Section):
+    """Every setting of a run; each role reads the sections it needs."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    attacker: AttackConfig = Field(default_factory=AttackConfig)
+
+
+ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "server": ("data", "model", "transport", "server"),
+    "client": ("data", "model", "train", "defense", "transport", "client"),
+    "attacker": ("data", "model", "transport", "attacker"),
+    "demo": ("data", "model", "train", "defense", "transport", "attacker"),
+}
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Render a pydantic error as one line per key: 'source: section.key: problem (got value)'."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problem = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problem = "unknown key; check its spelling against `cemsplit <role> --help`"
+        got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and "input" in item else ""
+        lines.append(f"{source}: {key}: {problem}{got}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing file to --config") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+def build_config(values: dict[str, Any], source: str) -> RunConfig:
+    """Validate a nested dict into a RunConfig; errors name the source and each key."""
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML that load_config reads back unchanged."""
+    data = config.model_dump(mode="json")
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line flags generated from the fields
+
+
+def _field_names() -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for section, info in RunConfig.model_fields.items():
+        for field in info.annotation.model_fields:
+            names.setdefault(field, []).append(section)
+    return names
+
+
+def flag_name(section: str, field: str) -> str:
+    """Return the command-line flag of a config field, for example "--noise-std".
+
+    A field name used in more than one section gets the section as a prefix
+    ("--server-listen", "--attacker-listen").
+    """
+    shared = len(_field_names()[field]) > 1
+    name = f"{section}_{field}" if shared else field
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    return annotation
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, role: str) -> None:
+    """Add --config, --set and one flag per field of the role's sections to a parser."""
+    parser.add_argument("--config", type=Path, help="YAML config file; flags override its values")
+    parser.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override any config key, for example --set train.lr_milestones=[2,3]; VALUE is YAML",
+    )
+    for section in ROLE_SECTIONS[role]:
+        model = RunConfig.model_fields[section].annotation
+        group = parser.add_argument_group(f"{section} settings (config section '{section}')")
+        for field, info in model.model_fields.items():
+            base = _base_type(info.annotation)
+            default = info.get_default(call_default_factory=True)
+            help_text = f"{info.description} (default: {default})"
+            kwargs: dict[str, Any] = {"dest": f"{section}.{field}", "default": None, "help": help_text}
+            if base is bool:
+                kwargs.update(type=_parse_bool, metavar="BOOL")
+            elif typing.get_origin(base) is Literal:
+                kwargs.update(choices=list(typing.get_args(base)))
+            elif typing.get_origin(base) is list:
+                kwargs.update(type=int, nargs="*", metavar="N")
+            elif base in (int, float, str, Path):
+                kwargs.update(type=base)
+            group.add_argument(flag_name(section, field), **kwargs)
+
+
+def _env_overrides(values: dict[str, Any]) -> None:
+    """Apply CEMSPLIT_<SECTION>__<KEY>=VALUE environment variables (VALUE is YAML)."""
+    for key, text in os.environ.items():
+        if not key.startswith("CEMSPLIT_") or "__" not in key:
+            continue
+        section, _, field = key[len("CEMSPLIT_"):].lower().partition("__")
+        values.setdefault(section, {})[field] = yaml.safe_load(text) if text != "" else None
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Build the run config: the --config file, then CEMSPLIT_* variables, then --set and flags."""
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    _env_overrides(values)
+
+    for assignment in args.set:
+        key, sep, text = assignment.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {assignment!r} must look like SECTION.KEY=VALUE, for example train.epochs=3")
+        section, _, field = key.partition(".")
+        if not isinstance(values.setdefault(section, {}), dict):
+            raise ConfigError(f"--set {assignment!r}: section {section!r} is not a mapping")
+        try:
+            values[section][field] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({error})") from None
+
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, field = dest.split(".", 1)
+            if not isinstance(values.setdefault(section, {}), dict):
+                raise ConfigError(f"config section {section!r} must be a mapping")
+            values[section][field] = value
+    return build_config(values, source)
