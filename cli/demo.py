@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from cemsplit.cli.processes import Child, start_role, stop_children, wait_for_port_file
+from cemsplit.cli.processes import Child, RoleFailed, start_role, stop_children, wait_for_port_file
 from cemsplit.cli.report import print_summary, write_report
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.grpc_util import wait_until_serving
@@ -32,10 +32,6 @@ from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
-
-
-class RoleFailed(RuntimeError):
-    """A role exited with an error; the message carries the end of its log."""
 
 
 def _check_out_dir(out: Path) -> None:
@@ -77,8 +73,11 @@ class _EpochPrinter:
         self.seen = len(lines)
 
 
-def run_demo(config: RunConfig, out: Path) -> int:
-    """Run the three roles on 127.0.0.1 with free ports, attack the recorded traffic, and report."""
+def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
+    """Run the three roles on 127.0.0.1 with free ports, attack the recorded traffic, and report.
+
+    threads: torch CPU threads of each role; 0 keeps torch's default.
+    """
     _check_out_dir(out)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +94,7 @@ def run_demo(config: RunConfig, out: Path) -> int:
 
     children: list[Child] = []
     logs = out / "logs"
-    common = ["--config", str(config_path)]
+    common = ["--config", str(config_path), "--threads", str(threads)]
     try:
         print(f"cemsplit demo: run directory {out}", flush=True)
         attacker = start_role("attacker", [*common, "--run-dir", str(out / "attacker")], logs)

@@ -21,6 +21,9 @@ server, client and attacker as three local processes."""
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity (default: INFO)")
+    parser.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="torch CPU threads per process; 0 keeps torch's default (default: 0)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,16 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cemsplit {args.command}: invalid configuration\n{error}", file=sys.stderr)
         return 2
 
-    if config.train.threads:
+    if args.threads < 0:
+        print(f"cemsplit {args.command}: --threads {args.threads} is negative; use 0 for torch's default", file=sys.stderr)
+        return 2
+    if args.threads:
         import torch
 
-        torch.set_num_threads(config.train.threads)
+        torch.set_num_threads(args.threads)
+
+    from cemsplit.shared.errors import USER_ERRORS
 
     try:
         if args.command == "demo":
             from cemsplit.cli.demo import run_demo
 
-            return run_demo(config, args.out)
+            return run_demo(config, args.out, threads=args.threads)
         if args.command == "server":
             from cemsplit.server.main import serve
 
@@ -79,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
+    except USER_ERRORS as error:
+        log.error("%s", error)
+        return 1
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -26,6 +26,10 @@ def _die_with_parent() -> None:
         pass
 
 
+class RoleFailed(RuntimeError):
+    """A role exited with an error; the message carries the end of its log."""
+
+
 @dataclass
 class Child:
     """A role running as its own OS process, with its output in a log file."""
@@ -71,11 +75,11 @@ def start_role(role: str, arguments: list[str], log_dir: Path, env: dict[str, st
 
 
 def wait_for_port_file(child: Child, path: Path, timeout_s: float) -> int:
-    """Wait until a child writes its bound port to path; raises RuntimeError if it exits first."""
+    """Wait until a child writes its bound port to path; raises RoleFailed if it exits first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.exit_code() is not None:
-            raise RuntimeError(f"{child.role} exited with status {child.exit_code()} before serving")
+            raise RoleFailed(f"{child.role} failed with exit status {child.exit_code()}; end of {child.log_path}:\n{child.log_tail()}")
         try:
             text = path.read_text(encoding="utf-8").strip()
             if text:
@@ -83,7 +87,7 @@ def wait_for_port_file(child: Child, path: Path, timeout_s: float) -> int:
         except (FileNotFoundError, ValueError):
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{child.role} did not start serving within {timeout_s:.0f} s")
+    raise RoleFailed(f"{child.role} did not start serving within {timeout_s:.0f} s; end of {child.log_path}:\n{child.log_tail()}")
 
 
 def stop_children(children: list[Child], timeout_s: float = 20.0) -> None:

@@ -75,7 +75,6 @@ class TrainConfig(Section):
     lr_milestones: list[int] = Field(default_factory=lambda: [3, 4], description="epochs after which the learning rate is multiplied by lr_gamma")
     lr_gamma: float = Field(0.2, gt=0, le=1, description="learning-rate factor at each milestone")
     seed: int = Field(125, ge=0, description="seed of weights, shuffling and noise")
-    threads: int = Field(0, ge=0, le=1024, description="torch threads per process; 0 uses torch's default")
 
 
 class DefenseConfig(Section):
@@ -244,14 +243,15 @@ def add_config_flags(parser: argparse.ArgumentParser, role: str) -> None:
         for field, info in model.model_fields.items():
             base = _base_type(info.annotation)
             default = info.get_default(call_default_factory=True)
-            help_text = f"{info.description} (default: {default})"
-            kwargs: dict[str, Any] = {"dest": f"{section}.{field}", "default": None, "help": help_text}
+            help_text = f"{info.description} (default: {'not set' if default is None else default})"
+            kwargs: dict[str, Any] = {"dest": f"{section}.{field}", "default": None, "help": help_text, "metavar": field.upper()}
             if base is bool:
                 kwargs.update(type=_parse_bool, metavar="BOOL")
             elif typing.get_origin(base) is Literal:
-                kwargs.update(choices=list(typing.get_args(base)))
+                choices = list(typing.get_args(base))
+                kwargs.update(choices=choices, help=f"{info.description}: {', '.join(choices)} (default: {default})")
             elif typing.get_origin(base) is list:
-                kwargs.update(type=int, nargs="*", metavar="N")
+                kwargs.update(type=int, nargs="*")
             elif base in (int, float, str, Path):
                 kwargs.update(type=base)
             group.add_argument(flag_name(section, field), **kwargs)

@@ -195,7 +195,7 @@ def _read(config: DataConfig) -> tuple[ImageSet, ImageSet | None, int, dict[str,
 
 
 def _make_set(images: np.ndarray, labels: np.ndarray, first_id: int) -> ImageSet:
-    images_t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+    images_t = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     ids = torch.arange(first_id, first_id + len(labels_t), dtype=torch.int64)
     return ImageSet(images_t, labels_t, ids)
