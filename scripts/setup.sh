@@ -30,6 +30,10 @@ stamp=.venv/.cemsplit-installed
 wanted="$(cat pyproject.toml constraints/cpu.txt | sha256sum | cut -c1-16)-$torch_choice"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "setup.sh: installing cemsplit and its dependencies into .venv (torch: $torch_choice)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraint[@]}" -e ".[dev]"
+  # This machine's pip configuration can name index folders that do not exist; pip warns once
+  # per package about them, so those lines are filtered out. Other output stays visible.
+  set -o pipefail
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraint[@]}" -e ".[dev]" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$wanted" >"$stamp"
 fi

@@ -239,7 +239,7 @@ def _read_idx_file(path: Path, expected_dims: int) -> np.ndarray:
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
     offset = 4 + 4 * dims
     if len(data) - offset != math.prod(shape):
-        raise DataError(f"{path} holds {len(data) - offset} bytes of data, expected {math.prod(shape)} for shape {shape}")
+        raise DataError(f"{path} contains {len(data) - offset} bytes of data, expected {math.prod(shape)} for shape {shape}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
