@@ -26,6 +26,7 @@ from cemsplit.cli.processes import Child, RoleFailed, start_role, stop_children,
 from cemsplit.cli.report import print_summary, write_report
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.grpc_util import wait_until_serving
+from cemsplit.shared.security import open_channel
 from cemsplit.shared.wire import channel_options
 from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
@@ -146,7 +147,7 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
 
 
 def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child]) -> tuple[attacker_pb2.AttackReply, attacker_pb2.RecorderStats]:
-    channel = grpc.insecure_channel(address, options=channel_options(config.transport.max_message_mb))
+    channel = open_channel(address, config.transport, channel_options(config.transport.max_message_mb))
     try:
         wait_until_serving(channel, "", config.transport.connect_timeout_s, f"attacker {address}")
         stub = attacker_pb2_grpc.AttackerStub(channel)

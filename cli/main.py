@@ -44,13 +44,41 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run-dir", type=Path, default=Path("runs") / role, help=f"directory for this role's outputs (default: runs/{role})")
         _add_common(sub)
         add_config_flags(sub, role)
+    certs = commands.add_parser("certs", help="create a development CA with server and client certificates")
+    certs.add_argument("directory", type=Path, help="directory for ca.pem, server.pem, client.pem and their keys")
+    certs.add_argument(
+        "--host", action="append", default=[], metavar="NAME",
+        help="DNS name or IP address the server certificate is valid for, besides localhost, 127.0.0.1 and ::1 (repeatable)",
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default: 365)")
+    _add_common(certs)
     return parser
+
+
+def _create_certs(args: argparse.Namespace) -> int:
+    from cemsplit.shared.certs import create_dev_pki
+
+    if args.days < 1:
+        print(f"cemsplit certs: --days {args.days} must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        paths = create_dev_pki(args.directory, args.host, args.days)
+    except FileExistsError as error:
+        print(f"cemsplit certs: {error}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"wrote {path}")
+    print("Servers: --tls-cert server.pem --tls-key server-key.pem; clients: --tls-ca ca.pem "
+          "(mutual TLS: add --tls-client-cert client.pem --tls-client-key client-key.pem, and --require-client-cert true on servers)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
     configure_logging(args.command, args.log_level)
+    if args.command == "certs":
+        return _create_certs(args)
     try:
         config = config_from_args(args)
     except ConfigError as error:

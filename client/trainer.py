@@ -19,6 +19,7 @@ from cemsplit.shared.defenses import build_defense
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.manifest import ManifestWriter
 from cemsplit.shared.schedule import learning_rate
+from cemsplit.shared.security import open_channel
 from cemsplit.shared.specs import model_spec_message, split_spec, training_spec_message
 from cemsplit.shared.vgg import ClientNet, SplitSpec
 from cemsplit.shared.wire import PROTOCOL_VERSION, channel_options
@@ -76,7 +77,7 @@ class SplitClient:
     def connect(self) -> split_pb2_grpc.SplitLearningStub:
         """Wait for the server's health check, then open a session; returns the stub."""
         address = self.config.client.server
-        self.channel = grpc.insecure_channel(address, options=channel_options(self.config.transport.max_message_mb))
+        self.channel = open_channel(address, self.config.transport, channel_options(self.config.transport.max_message_mb))
         wait_until_serving(self.channel, SERVICE_NAME, self.config.transport.connect_timeout_s, f"server {address}")
         stub = split_pb2_grpc.SplitLearningStub(self.channel)
         request = split_pb2.OpenSessionRequest(

@@ -15,6 +15,7 @@ from cemsplit.server.mirror import AttackerMirror
 from cemsplit.server.service import SplitLearningService
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.grpc_util import bind, write_port_file
+from cemsplit.shared.security import server_credentials, server_interceptors
 from cemsplit.shared.specs import split_spec
 from cemsplit.shared.wire import server_options
 from cemsplit.v1 import split_pb2, split_pb2_grpc
@@ -28,23 +29,33 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
     """Serve the split-learning service until SIGTERM, SIGINT or `stop`; returns the exit status."""
     spec = split_spec(config)
     stop = stop or threading.Event()
+    credentials = server_credentials(config.server.listen, config.transport)
+    interceptors = server_interceptors(config.transport)
     mirror = None
     if config.server.attacker:
-        mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport.max_message_mb)
+        mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport)
         log.info("mirroring training activations to attacker %s (queue %d records)", config.server.attacker, config.server.mirror_queue)
 
-    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror)
+    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror, config.server.keep_checkpoints)
     health_service = health.HealthServicer()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpc"), options=server_options(config.transport.max_message_mb))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpc"),
+        options=server_options(config.transport.max_message_mb),
+        interceptors=interceptors,
+    )
     split_pb2_grpc.add_SplitLearningServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
 
-    port = bind(server, config.server.listen)
+    port = bind(server, config.server.listen, credentials)
     server.start()
     for name in ("", SERVICE_NAME):
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     write_port_file(config.server.port_file, port)
-    log.info("serving %s on %s (port %d), features %s, %d classes", spec.arch, config.server.listen, port, list(spec.feature_shape), spec.num_classes)
+    log.info(
+        "serving %s on %s (port %d, %s%s), features %s, %d classes",
+        spec.arch, config.server.listen, port, "TLS" if credentials else "plaintext",
+        ", bearer token required" if interceptors else "", list(spec.feature_shape), spec.num_classes,
+    )
 
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -54,6 +65,7 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
     log.info("stopping: no new calls, finishing calls in flight")
     health_service.enter_graceful_shutdown()
     server.stop(grace=10).wait()
+    service.checkpoint_all()
     if mirror is not None:
         mirror.close()
     log.info("stopped")

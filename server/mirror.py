@@ -15,7 +15,9 @@ import time
 
 import grpc
 
+from cemsplit.shared.config import TransportConfig
 from cemsplit.shared.logs import RateLimitedLog
+from cemsplit.shared.security import open_channel
 from cemsplit.shared.wire import channel_options
 from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc, split_pb2
 
@@ -36,14 +38,14 @@ class AttackerMirror:
     `dropped` records refused by a full queue or lost with a failed stream.
     """
 
-    def __init__(self, address: str, max_queue: int, max_message_mb: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, address: str, max_queue: int, transport: TransportConfig) -> None:
         self.address = address
         self.enqueued = 0
         self.sent = 0
         self.dropped = 0
         self._queue: queue.Queue[attacker_pb2.TrafficRecord] = queue.Queue(maxsize=max_queue)
-        self._options = channel_options(max_message_mb)
-        self._credentials = credentials
+        self._options = channel_options(transport.max_message_mb)
+        self._transport = transport
         self._open_channel: grpc.Channel | None = None
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
@@ -114,10 +116,7 @@ class AttackerMirror:
 
     def _channel(self) -> grpc.Channel:
         if self._open_channel is None:
-            if self._credentials is not None:
-                self._open_channel = grpc.secure_channel(self.address, self._credentials, self._options)
-            else:
-                self._open_channel = grpc.insecure_channel(self.address, self._options)
+            self._open_channel = open_channel(self.address, self._transport, self._options)
         return self._open_channel
 
     def _stream(self, first: list[attacker_pb2.TrafficRecord]) -> bool:

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.sessions import SessionStore
 from cemsplit.shared import codec
-from cemsplit.shared.checkpoint import save_checkpoint
+from cemsplit.shared.checkpoint import CheckpointError, load_state_strict
 from cemsplit.shared.schedule import learning_rate
 from cemsplit.shared.specs import model_spec_mismatches
 from cemsplit.shared.vgg import ServerNet, SplitSpec
@@ -42,11 +43,8 @@ class Session:
     """State of one client's training run on this server."""
 
     session_id: str
-    client_name: str
+    open_request: split_pb2.OpenSessionRequest
     spec: SplitSpec
-    training: split_pb2.TrainingSpec
-    wire_dtype: int
-    max_batch_size: int
     net: ServerNet
     optimizer: torch.optim.Optimizer
     last_step: int = 0
@@ -54,19 +52,36 @@ class Session:
     last_reply: split_pb2.TrainReply | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def client_name(self) -> str:
+        return self.open_request.client_name or "client"
+
+    @property
+    def training(self) -> split_pb2.TrainingSpec:
+        return self.open_request.training
+
+    @property
+    def wire_dtype(self) -> int:
+        return self.open_request.wire_dtype
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.open_request.max_batch_size
+
 
 class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     """Holds one server half per session and trains it on the activations clients send.
 
     Args:
         spec: the split this server serves; sessions describing another split are rejected.
-        checkpoint_dir: where each session's server half is saved at every epoch end and close.
+        checkpoint_dir: where sessions are checkpointed, at the steps clients mark and on close.
         mirror: optional attacker mirror that receives every accepted training step.
+        keep_checkpoints: checkpoints kept per session (at least 2).
     """
 
-    def __init__(self, spec: SplitSpec, checkpoint_dir: Path, mirror: AttackerMirror | None = None) -> None:
+    def __init__(self, spec: SplitSpec, checkpoint_dir: Path, mirror: AttackerMirror | None = None, keep_checkpoints: int = 3) -> None:
         self.spec = spec
-        self.checkpoint_dir = Path(checkpoint_dir)
+        self.store = SessionStore(checkpoint_dir, keep_checkpoints)
         self.mirror = mirror
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -119,26 +134,9 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"max_batch_size {request.max_batch_size} is out of range 1..{MAX_BATCH_SIZE}"
             )
         if request.resume_session_id:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND, f"session {request.resume_session_id!r} not found; open a new session instead"
-            )
+            return self._resume(request)
 
-        training = request.training
-        torch.manual_seed(training.seed)
-        net = ServerNet(self.spec)
-        optimizer = torch.optim.SGD(
-            net.parameters(), lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
-        )
-        session = Session(
-            session_id=uuid.uuid4().hex,
-            client_name=request.client_name or "client",
-            spec=self.spec,
-            training=training,
-            wire_dtype=request.wire_dtype,
-            max_batch_size=request.max_batch_size,
-            net=net,
-            optimizer=optimizer,
-        )
+        session = self._build_session(uuid.uuid4().hex, request)
         with self._sessions_lock:
             self._sessions[session.session_id] = session
         log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
@@ -152,6 +150,77 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 )
             )
         return split_pb2.OpenSessionReply(session_id=session.session_id, last_step=0, protocol_version=PROTOCOL_VERSION)
+
+    def _build_session(self, session_id: str, request: split_pb2.OpenSessionRequest) -> Session:
+        training = request.training
+        torch.manual_seed(training.seed)
+        net = ServerNet(self.spec)
+        optimizer = torch.optim.SGD(
+            net.parameters(), lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
+        )
+        return Session(session_id=session_id, open_request=request, spec=self.spec, net=net, optimizer=optimizer)
+
+    def _resume(self, request: split_pb2.OpenSessionRequest) -> split_pb2.OpenSessionReply:
+        """Rewind a session to the latest step whose checkpoint both halves hold."""
+        session_id = request.resume_session_id
+        if not SessionStore.valid_session_id(session_id):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"resume_session_id {session_id!r} is not a session id of this server")
+        with self._sessions_lock:
+            live = self._sessions.get(session_id)
+        held = set(self.store.steps(session_id))
+        if live is not None:
+            held.add(live.last_step)
+        if not held:
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"session {session_id} not found on this server (no checkpoints in {self.store.directory}); start a new run",
+            )
+        common = held & set(request.resume_steps)
+        if not common:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot resume session {session_id}: the client holds steps {sorted(request.resume_steps)} and the server "
+                f"{sorted(held)}, with none in common; start a new run",
+            )
+        step = max(common)
+
+        if live is not None and live.last_step == step:
+            session = live
+        else:
+            session = self._load_session(session_id, step, request)
+        with self._sessions_lock:
+            self._sessions[session_id] = session
+        log.info("resumed session %s at step %d (server held steps %s)", session_id, step, sorted(held))
+        return split_pb2.OpenSessionReply(session_id=session_id, last_step=step, last_durable_step=step, protocol_version=PROTOCOL_VERSION)
+
+    def _load_session(self, session_id: str, step: int, request: split_pb2.OpenSessionRequest) -> Session:
+        try:
+            saved = self.store.load(session_id, step)
+        except CheckpointError as error:
+            log.error("session %s: %s", session_id, error)
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot resume session {session_id}: {error}") from None
+        if saved.open_request.training != request.training:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"training settings differ from those session {session_id} was opened with; resume with the same config",
+            )
+        if saved.open_request.wire_dtype != request.wire_dtype:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"wire_dtype {_dtype_name(request.wire_dtype)} differs from the session's {_dtype_name(saved.open_request.wire_dtype)}",
+            )
+        session = self._build_session(session_id, saved.open_request)
+        try:
+            load_state_strict(session.net, saved.model, self.store.directory / session_id)
+            session.optimizer.load_state_dict(saved.optimizer)
+        except (CheckpointError, ValueError, KeyError) as error:
+            log.error("session %s: checkpoint at step %d does not fit: %s", session_id, step, error)
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot resume session {session_id}: {error}") from None
+        torch.set_rng_state(saved.rng_state)
+        session.last_step = saved.last_step
+        session.epoch = saved.epoch
+        session.last_reply = saved.last_reply
+        return session
 
     def _session(self, session_id: str) -> Session:
         with self._sessions_lock:
@@ -175,18 +244,18 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats)
 
     def _save(self, session: Session) -> None:
-        path = self.checkpoint_dir / f"server-{session.session_id}.pt"
-        save_checkpoint(
-            {
-                "model": session.net.state_dict(),
-                "optimizer": session.optimizer.state_dict(),
-                "session_id": session.session_id,
-                "last_step": session.last_step,
-                "epoch": session.epoch,
-            },
-            path,
+        path = self.store.save(
+            session.session_id, session.open_request, session.net, session.optimizer, session.last_step, session.epoch, session.last_reply
         )
         log.info("session %s: saved checkpoint %s at step %d", session.session_id, path, session.last_step)
+
+    def checkpoint_all(self) -> None:
+        """Checkpoint every open session; called on shutdown once no call is in flight."""
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            with session.lock:
+                self._save(session)
 
     # -- Steps ----------------------------------------------------------------------------------
 
@@ -254,12 +323,12 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "labels are missing")
             labels = self._decode_labels(session, request.labels, features.shape[0])
 
-            if request.epoch != session.epoch and session.epoch > 0:
-                self._save(session)
             session.epoch = request.epoch
             reply = self._apply_step(session, request, features, labels)
             session.last_step = request.step
             session.last_reply = reply
+            if request.checkpoint:
+                self._save(session)
 
         if self.mirror is not None:
             self.mirror.offer(

@@ -94,12 +94,34 @@ class TransportConfig(Section):
     max_message_mb: int = Field(DEFAULT_MAX_MESSAGE_MB, ge=1, le=2047, description="largest gRPC message either side sends or accepts, in MiB")
     rpc_timeout_s: float = Field(120.0, gt=0, le=86_400, description="deadline of each training or evaluation call, in seconds")
     connect_timeout_s: float = Field(60.0, gt=0, le=86_400, description="how long a role waits for its peer to become ready, in seconds")
+    tls_cert: Optional[Path] = Field(None, description="PEM certificate this role serves with; enables TLS on server and attacker")
+    tls_key: Optional[Path] = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Optional[Path] = Field(None, description="PEM CA bundle that verifies peers; enables TLS when connecting")
+    tls_client_cert: Optional[Path] = Field(None, description="PEM certificate this role presents when it connects (mutual TLS)")
+    tls_client_key: Optional[Path] = Field(None, description="PEM private key of tls_client_cert")
+    tls_server_name: Optional[str] = Field(None, description="name expected in the server's certificate; default: the host of the address")
+    require_client_cert: bool = Field(False, description="servers reject clients without a certificate signed by tls_ca (mutual TLS)")
+    token_file: Optional[Path] = Field(None, description="file holding a bearer token that servers require and clients send")
+    insecure: bool = Field(False, description="allow plaintext to or from non-loopback addresses")
+
+    @model_validator(mode="after")
+    def _check_tls_pairs(self) -> "TransportConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("tls_client_cert and tls_client_key must be given together")
+        if self.require_client_cert and (self.tls_cert is None or self.tls_ca is None):
+            raise ValueError("require_client_cert needs tls_cert, tls_key and tls_ca (the CA that signs client certificates)")
+        if self.tls_client_cert is not None and self.tls_ca is None:
+            raise ValueError("tls_client_cert needs tls_ca, because client certificates are only sent over TLS")
+        return self
 
 
 class ServerConfig(Section):
     listen: str = Field(f"127.0.0.1:{DEFAULT_SERVER_PORT}", description="host:port the server binds; port 0 picks a free port")
     attacker: Optional[str] = Field(None, description="host:port of an attacker to mirror received activations to")
     mirror_queue: int = Field(1024, ge=1, le=1_000_000, description="records held for the attacker before new ones are dropped")
+    keep_checkpoints: int = Field(3, ge=2, le=1000, description="checkpoints kept per session, newest first")
     port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
 
 

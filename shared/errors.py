@@ -7,6 +7,7 @@ from cemsplit.shared.config import ConfigError
 from cemsplit.shared.datasets import DataError
 from cemsplit.shared.grpc_util import AddressError
 from cemsplit.shared.manifest import ManifestError
+from cemsplit.shared.security import SecurityError
 from cemsplit.shared.traffic_log import CorruptRecordError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -18,5 +19,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     FileNotFoundError,
     ManifestError,
+    SecurityError,
     TimeoutError,
 )

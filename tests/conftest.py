@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
+from cemsplit.shared.config import TransportConfig
 from cemsplit.shared.grpc_util import wait_until_serving
+from cemsplit.shared.security import open_channel
 
 # Small settings for runs across real processes: a few hundred real digits, one thread each.
 TINY = [
@@ -74,12 +75,13 @@ def start_role(tmp_path):
     """Start roles as child processes; every one still running is stopped after the test."""
     started: list[RoleProcess] = []
 
-    def start(role: str, *args: str, wait: bool = True) -> RoleProcess:
+    def start(role: str, *args: str, wait: bool = True, transport: TransportConfig | None = None) -> RoleProcess:
+        """Start a role; servers are awaited through a health check over `transport` (default plaintext)."""
         process = RoleProcess(role, list(args), tmp_path)
         started.append(process)
         if wait and role in ("server", "attacker"):
             process.wait_port()
-            channel = grpc.insecure_channel(process.address)
+            channel = open_channel(process.address, transport or TransportConfig(), [])
             wait_until_serving(channel, "", 30, role)
             channel.close()
         return process

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cemsplit.v1 import tensor_pb2 as cemsplit_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x65msplit/v1/split.proto\x12\x0b\x63\x65msplit.v1\x1a\x18\x63\x65msplit/v1/tensor.proto\"\x92\x01\n\tModelSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x11\n\tcut_layer\x18\x02 \x01(\x05\x12\x1b\n\x13\x62ottleneck_channels\x18\x03 \x01(\x05\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rfeature_shape\x18\x05 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\"\xa7\x01\n\x0cTrainingSpec\x12\x11\n\toptimizer\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x04 \x01(\x01\x12\x15\n\rlr_milestones\x18\x05 \x03(\x05\x12\x10\n\x08lr_gamma\x18\x06 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"\xf2\x01\n\x12OpenSessionRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.cemsplit.v1.ModelSpec\x12+\n\x08training\x18\x04 \x01(\x0b\x32\x19.cemsplit.v1.TrainingSpec\x12&\n\nwire_dtype\x18\x05 \x01(\x0e\x32\x12.cemsplit.v1.DType\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x19\n\x11resume_session_id\x18\x07 \x01(\t\"n\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x19\n\x11last_durable_step\x18\x04 \x01(\x03\"\x8e\x01\n\x0cTrainRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12(\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x05 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\"t\n\nTrainReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12%\n\x08gradient\x18\x02 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"p\n\x0b\x45valRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x03 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\"T\n\tEvalReply\x12(\n\x0bpredictions\x18\x01 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x05\"B\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66lush_timeout_s\x18\x02 \x01(\x01\">\n\x0bMirrorStats\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x04\x12\x0c\n\x04sent\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"T\n\x11\x43loseSessionReply\x12\x15\n\rsteps_applied\x18\x01 \x01(\x03\x12(\n\x06mirror\x18\x02 \x01(\x0b\x32\x18.cemsplit.v1.MirrorStats2\xaf\x02\n\rSplitLearning\x12M\n\x0bOpenSession\x12\x1f.cemsplit.v1.OpenSessionRequest\x1a\x1d.cemsplit.v1.OpenSessionReply\x12?\n\tTrainStep\x12\x19.cemsplit.v1.TrainRequest\x1a\x17.cemsplit.v1.TrainReply\x12<\n\x08\x45valuate\x12\x18.cemsplit.v1.EvalRequest\x1a\x16.cemsplit.v1.EvalReply\x12P\n\x0c\x43loseSession\x12 .cemsplit.v1.CloseSessionRequest\x1a\x1e.cemsplit.v1.CloseSessionReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x65msplit/v1/split.proto\x12\x0b\x63\x65msplit.v1\x1a\x18\x63\x65msplit/v1/tensor.proto\"\x92\x01\n\tModelSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x11\n\tcut_layer\x18\x02 \x01(\x05\x12\x1b\n\x13\x62ottleneck_channels\x18\x03 \x01(\x05\x12\x13\n\x0binput_shape\x18\x04 \x03(\x03\x12\x15\n\rfeature_shape\x18\x05 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\"\xa7\x01\n\x0cTrainingSpec\x12\x11\n\toptimizer\x18\x01 \x01(\t\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x10\n\x08momentum\x18\x03 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x04 \x01(\x01\x12\x15\n\rlr_milestones\x18\x05 \x03(\x05\x12\x10\n\x08lr_gamma\x18\x06 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x07 \x01(\x05\x12\x0c\n\x04seed\x18\x08 \x01(\x03\"\x88\x02\n\x12OpenSessionRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.cemsplit.v1.ModelSpec\x12+\n\x08training\x18\x04 \x01(\x0b\x32\x19.cemsplit.v1.TrainingSpec\x12&\n\nwire_dtype\x18\x05 \x01(\x0e\x32\x12.cemsplit.v1.DType\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x19\n\x11resume_session_id\x18\x07 \x01(\t\x12\x14\n\x0cresume_steps\x18\x08 \x03(\x03\"n\n\x10OpenSessionReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tlast_step\x18\x02 \x01(\x03\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x19\n\x11last_durable_step\x18\x04 \x01(\x03\"\xa2\x01\n\x0cTrainRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\x12(\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x05 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12\x12\n\ncheckpoint\x18\x06 \x01(\x08\"t\n\nTrainReply\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12%\n\x08gradient\x18\x02 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\"p\n\x0b\x45valRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x0b\x61\x63tivations\x18\x02 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x03 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\"T\n\tEvalReply\x12(\n\x0bpredictions\x18\x01 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x63orrect\x18\x03 \x01(\x05\"B\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66lush_timeout_s\x18\x02 \x01(\x01\">\n\x0bMirrorStats\x12\x10\n\x08\x65nqueued\x18\x01 \x01(\x04\x12\x0c\n\x04sent\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"T\n\x11\x43loseSessionReply\x12\x15\n\rsteps_applied\x18\x01 \x01(\x03\x12(\n\x06mirror\x18\x02 \x01(\x0b\x32\x18.cemsplit.v1.MirrorStats2\xaf\x02\n\rSplitLearning\x12M\n\x0bOpenSession\x12\x1f.cemsplit.v1.OpenSessionRequest\x1a\x1d.cemsplit.v1.OpenSessionReply\x12?\n\tTrainStep\x12\x19.cemsplit.v1.TrainRequest\x1a\x17.cemsplit.v1.TrainReply\x12<\n\x08\x45valuate\x12\x18.cemsplit.v1.EvalRequest\x1a\x16.cemsplit.v1.EvalReply\x12P\n\x0c\x43loseSession\x12 .cemsplit.v1.CloseSessionRequest\x1a\x1e.cemsplit.v1.CloseSessionReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,23 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSPEC']._serialized_start=216
   _globals['_TRAININGSPEC']._serialized_end=383
   _globals['_OPENSESSIONREQUEST']._serialized_start=386
-  _globals['_OPENSESSIONREQUEST']._serialized_end=628
-  _globals['_OPENSESSIONREPLY']._serialized_start=630
-  _globals['_OPENSESSIONREPLY']._serialized_end=740
-  _globals['_TRAINREQUEST']._serialized_start=743
-  _globals['_TRAINREQUEST']._serialized_end=885
-  _globals['_TRAINREPLY']._serialized_start=887
-  _globals['_TRAINREPLY']._serialized_end=1003
-  _globals['_EVALREQUEST']._serialized_start=1005
-  _globals['_EVALREQUEST']._serialized_end=1117
-  _globals['_EVALREPLY']._serialized_start=1119
-  _globals['_EVALREPLY']._serialized_end=1203
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1205
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1271
-  _globals['_MIRRORSTATS']._serialized_start=1273
-  _globals['_MIRRORSTATS']._serialized_end=1335
-  _globals['_CLOSESESSIONREPLY']._serialized_start=1337
-  _globals['_CLOSESESSIONREPLY']._serialized_end=1421
-  _globals['_SPLITLEARNING']._serialized_start=1424
-  _globals['_SPLITLEARNING']._serialized_end=1727
+  _globals['_OPENSESSIONREQUEST']._serialized_end=650
+  _globals['_OPENSESSIONREPLY']._serialized_start=652
+  _globals['_OPENSESSIONREPLY']._serialized_end=762
+  _globals['_TRAINREQUEST']._serialized_start=765
+  _globals['_TRAINREQUEST']._serialized_end=927
+  _globals['_TRAINREPLY']._serialized_start=929
+  _globals['_TRAINREPLY']._serialized_end=1045
+  _globals['_EVALREQUEST']._serialized_start=1047
+  _globals['_EVALREQUEST']._serialized_end=1159
+  _globals['_EVALREPLY']._serialized_start=1161
+  _globals['_EVALREPLY']._serialized_end=1245
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1247
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1313
+  _globals['_MIRRORSTATS']._serialized_start=1315
+  _globals['_MIRRORSTATS']._serialized_end=1377
+  _globals['_CLOSESESSIONREPLY']._serialized_start=1379
+  _globals['_CLOSESESSIONREPLY']._serialized_end=1463
+  _globals['_SPLITLEARNING']._serialized_start=1466
+  _globals['_SPLITLEARNING']._serialized_end=1769
 # @@protoc_insertion_point(module_scope)

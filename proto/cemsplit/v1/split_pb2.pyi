@@ -44,7 +44,7 @@ class TrainingSpec(_message.Message):
     def __init__(self, optimizer: _Optional[str] = ..., learning_rate: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., lr_milestones: _Optional[_Iterable[int]] = ..., lr_gamma: _Optional[float] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("protocol_version", "client_name", "model", "training", "wire_dtype", "max_batch_size", "resume_session_id")
+    __slots__ = ("protocol_version", "client_name", "model", "training", "wire_dtype", "max_batch_size", "resume_session_id", "resume_steps")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class OpenSessionRequest(_message.Message):
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_STEPS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_name: str
     model: ModelSpec
@@ -59,7 +60,8 @@ class OpenSessionRequest(_message.Message):
     wire_dtype: _tensor_pb2.DType
     max_batch_size: int
     resume_session_id: str
-    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., wire_dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., max_batch_size: _Optional[int] = ..., resume_session_id: _Optional[str] = ...) -> None: ...
+    resume_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., wire_dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., max_batch_size: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., resume_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class OpenSessionReply(_message.Message):
     __slots__ = ("session_id", "last_step", "protocol_version", "last_durable_step")
@@ -74,18 +76,20 @@ class OpenSessionReply(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., last_step: _Optional[int] = ..., protocol_version: _Optional[int] = ..., last_durable_step: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("session_id", "step", "epoch", "activations", "labels")
+    __slots__ = ("session_id", "step", "epoch", "activations", "labels", "checkpoint")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     epoch: int
     activations: _tensor_pb2.Tensor
     labels: _tensor_pb2.Tensor
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., activations: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    checkpoint: bool
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., activations: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
 
 class TrainReply(_message.Message):
     __slots__ = ("step", "gradient", "loss", "correct", "batch_size")
