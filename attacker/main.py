@@ -14,10 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cemsplit.attacker.service import AttackerService
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import load_splits
-from cemsplit.shared.grpc_util import bind, write_port_file
+from cemsplit.shared.grpc_util import add_checked_servicer, bind, write_port_file
 from cemsplit.shared.security import server_credentials, server_interceptors
 from cemsplit.shared.wire import server_options
-from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
+from cemsplit.v1 import attacker_pb2
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         options=server_options(config.transport.max_message_mb),
         interceptors=interceptors,
     )
-    attacker_pb2_grpc.add_AttackerServicer_to_server(service, server)
+    add_checked_servicer(service, server, attacker_pb2.DESCRIPTOR.services_by_name["Attacker"])
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
 
     port = bind(server, config.attacker.listen, credentials)

@@ -14,11 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cemsplit.server.mirror import AttackerMirror
 from cemsplit.server.service import SplitLearningService
 from cemsplit.shared.config import RunConfig
-from cemsplit.shared.grpc_util import bind, write_port_file
+from cemsplit.shared.grpc_util import add_checked_servicer, bind, write_port_file
 from cemsplit.shared.security import server_credentials, server_interceptors
 from cemsplit.shared.specs import split_spec
 from cemsplit.shared.wire import server_options
-from cemsplit.v1 import split_pb2, split_pb2_grpc
+from cemsplit.v1 import split_pb2
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,16 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport)
         log.info("mirroring training activations to attacker %s (queue %d records)", config.server.attacker, config.server.mirror_queue)
 
-    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror, config.server.keep_checkpoints)
+    service = SplitLearningService(
+        spec, Path(run_dir) / "checkpoints", mirror, config.server.keep_checkpoints, config.server.max_abs_activation
+    )
     health_service = health.HealthServicer()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpc"),
         options=server_options(config.transport.max_message_mb),
         interceptors=interceptors,
     )
-    split_pb2_grpc.add_SplitLearningServicer_to_server(service, server)
+    add_checked_servicer(service, server, split_pb2.DESCRIPTOR.services_by_name["SplitLearning"])
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
 
     port = bind(server, config.server.listen, credentials)

@@ -17,6 +17,7 @@ from cemsplit.server.mirror import AttackerMirror
 from cemsplit.server.sessions import SessionStore
 from cemsplit.shared import codec
 from cemsplit.shared.checkpoint import CheckpointError, load_state_strict
+from cemsplit.shared.logs import RateLimitedLog
 from cemsplit.shared.schedule import learning_rate
 from cemsplit.shared.specs import model_spec_mismatches
 from cemsplit.shared.vgg import ServerNet, SplitSpec
@@ -77,14 +78,24 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         checkpoint_dir: where sessions are checkpointed, at the steps clients mark and on close.
         mirror: optional attacker mirror that receives every accepted training step.
         keep_checkpoints: checkpoints kept per session (at least 2).
+        max_abs_activation: largest absolute activation accepted; 0 accepts any finite value.
     """
 
-    def __init__(self, spec: SplitSpec, checkpoint_dir: Path, mirror: AttackerMirror | None = None, keep_checkpoints: int = 3) -> None:
+    def __init__(
+        self,
+        spec: SplitSpec,
+        checkpoint_dir: Path,
+        mirror: AttackerMirror | None = None,
+        keep_checkpoints: int = 3,
+        max_abs_activation: float = 1e4,
+    ) -> None:
         self.spec = spec
+        self.max_abs_activation = max_abs_activation
         self.store = SessionStore(checkpoint_dir, keep_checkpoints)
         self.mirror = mirror
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
+        self._reject_log = RateLimitedLog(log, interval_s=5.0)
 
     # -- RPC handlers ---------------------------------------------------------------------------
 
@@ -104,7 +115,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         try:
             return work()
         except RequestError as error:
-            log.warning("%s rejected (session %s, step %d): %s %s", method, session_id, step, error.code.name, error.message)
+            self._reject_log.warning("%s rejected (session %s, step %d): %s %s", method, session_id, step, error.code.name, error.message)
             context.abort(error.code, error.message)
 
     # -- Sessions -------------------------------------------------------------------------------
@@ -281,9 +292,17 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"activations batch size {shape[0]} is out of range 1..{session.max_batch_size}"
             )
         try:
-            return codec.decode(message, "activations")
+            features = codec.decode(message, "activations")
         except codec.TensorDecodeError as error:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        largest = float(features.abs().max())
+        if self.max_abs_activation and largest > self.max_abs_activation:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"activations reach {largest:.3g}, above the server's limit {self.max_abs_activation:g} "
+                "(server.max_abs_activation); check the client's features",
+            )
+        return features
 
     def _decode_labels(self, session: Session, message: tensor_pb2.Tensor, batch: int) -> torch.Tensor:
         if message.dtype not in (tensor_pb2.INT64, tensor_pb2.INT32):
@@ -349,17 +368,30 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         for group in session.optimizer.param_groups:
             group["lr"] = rate
 
+        # Batch norm updates its running statistics in the forward pass, so they are restored
+        # when the step is rejected below; a rejected request must leave the model unchanged.
+        buffers = {name: buffer.clone() for name, buffer in session.net.named_buffers()}
         session.net.train()
         features.requires_grad_(True)
         logits = session.net(features)
         loss = nn.functional.cross_entropy(logits, labels)
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        problem = _non_finite(loss, session.net, features)
+        if problem:
+            session.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for name, buffer in session.net.named_buffers():
+                    buffer.copy_(buffers[name])
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"step {request.step} was not applied: the activations give a non-finite {problem}; check the client's features",
+            )
         session.optimizer.step()
 
         correct = int((logits.argmax(1) == labels).sum())
         gradient = codec.encode(features.grad, wire_dtype=session.wire_dtype, compress=request.activations.compression == tensor_pb2.ZLIB)
-        return split_pb2.TrainReply(step=request.step, gradient=gradient, loss=float(loss), correct=correct, batch_size=len(labels))
+        return split_pb2.TrainReply(step=request.step, gradient=gradient, loss=float(loss.detach()), correct=correct, batch_size=len(labels))
 
     def _evaluate(self, request: split_pb2.EvalRequest) -> split_pb2.EvalReply:
         session = self._session(request.session_id)
@@ -375,6 +407,16 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             reply.loss = float(nn.functional.cross_entropy(logits, labels))
             reply.correct = int((predictions == labels).sum())
         return reply
+
+
+def _non_finite(loss: torch.Tensor, net: nn.Module, features: torch.Tensor) -> str:
+    """Return "loss" or "gradient" when the step's loss or a gradient is NaN or infinite, else ""."""
+    if not bool(torch.isfinite(loss)):
+        return "loss"
+    gradients = [p.grad for p in net.parameters() if p.grad is not None] + [features.grad]
+    if not all(bool(torch.isfinite(g).all()) for g in gradients):
+        return "gradient"
+    return ""
 
 
 def _dtype_name(value: int) -> str:

@@ -122,6 +122,7 @@ class ServerConfig(Section):
     attacker: Optional[str] = Field(None, description="host:port of an attacker to mirror received activations to")
     mirror_queue: int = Field(1024, ge=1, le=1_000_000, description="records held for the attacker before new ones are dropped")
     keep_checkpoints: int = Field(3, ge=2, le=1000, description="checkpoints kept per session, newest first")
+    max_abs_activation: float = Field(1e4, ge=0, description="largest absolute activation value accepted; 0 accepts any finite value")
     port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
 
 

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -60,3 +63,51 @@ def wait_until_serving(channel: grpc.Channel, service: str, timeout_s: float, pe
             last_problem = f"{error.code().name}: {error.details()}"
         time.sleep(0.2)
     raise TimeoutError(f"{peer} was not serving {service or 'its services'} within {timeout_s:.0f} s ({last_problem}); check that it is running and reachable")
+
+
+def add_checked_servicer(servicer: object, server: grpc.Server, service: ServiceDescriptor) -> None:
+    """Register a servicer so that undecodable requests get INVALID_ARGUMENT, not INTERNAL.
+
+    The generated add_*Servicer_to_server functions let gRPC parse requests, and a parse failure
+    then surfaces as INTERNAL "Exception deserializing request!". Here the handlers receive raw
+    bytes and parse them, so a malformed message is rejected with a status that names its type.
+    """
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            raise NotImplementedError(f"{service.full_name}/{method.name}: bidirectional streams are not supported here")
+        if method.client_streaming:
+            handler = grpc.stream_unary_rpc_method_handler(
+                _parse_stream(behaviour, request_class, method.full_name), response_serializer=response_class.SerializeToString
+            )
+        else:
+            handler = grpc.unary_unary_rpc_method_handler(
+                _parse_unary(behaviour, request_class, method.full_name), response_serializer=response_class.SerializeToString
+            )
+        handlers[method.name] = handler
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _decode(request_class, raw: bytes, method: str, context: grpc.ServicerContext):
+    try:
+        return request_class.FromString(raw)
+    except DecodeError as error:
+        log.warning("%s: rejected an undecodable %s from %s: %s", method, request_class.DESCRIPTOR.full_name, context.peer(), error)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_class.DESCRIPTOR.full_name}: {error}")
+
+
+def _parse_unary(behaviour, request_class, method: str):
+    def handle(raw: bytes, context: grpc.ServicerContext):
+        return behaviour(_decode(request_class, raw, method, context), context)
+
+    return handle
+
+
+def _parse_stream(behaviour, request_class, method: str):
+    def handle(raw_iterator, context: grpc.ServicerContext):
+        return behaviour((_decode(request_class, raw, method, context) for raw in raw_iterator), context)
+
+    return handle

@@ -141,3 +141,20 @@ def test_evaluate_returns_predictions(stub):
     assert closed.steps_applied == 0
     code, _ = status_of(stub.Evaluate, split_pb2.EvalRequest(session_id=session, activations=codec.encode(torch.rand(1, 8, 7, 7))))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_oversized_message_is_resource_exhausted(start_role):
+    server = start_role("server", "--threads", "1", "--max-message-mb", "1")
+    channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    stub = split_pb2_grpc.SplitLearningStub(channel)
+    session = stub.OpenSession(open_request(), timeout=30).session_id
+
+    big = train_request(session, 1, batch=64)
+    big.activations.CopyFrom(codec.encode(torch.rand(1200, 8, 7, 7)))
+    code, details = status_of(stub.TrainStep, big)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in details
+
+    reply = stub.TrainStep(train_request(session, 1), timeout=30)
+    assert reply.step == 1
+    channel.close()
