@@ -36,6 +36,8 @@ POLL_S = 0.2
 
 
 def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory; choose a new --out")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output directory {out} already holds files; choose a new --out or remove it")
 
@@ -108,6 +110,7 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
         server_port = wait_for_port_file(server, config.server.port_file, config.transport.connect_timeout_s)
         server_address = f"127.0.0.1:{server_port}"
         print(f"  server on {server_address} (pid {server.pid}), attacker on {attacker_address} (pid {attacker.pid})", flush=True)
+        _record_addresses(config, config_path, server_address, attacker_address)
         timing["startup_s"] = time.monotonic() - started
 
         training_started = time.monotonic()
@@ -144,6 +147,18 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
     report = write_report(out, config, client_summary, attack, stats, timing, _machine())
     print_summary(report)
     return 0
+
+
+def _record_addresses(config: RunConfig, path: Path, server_address: str, attacker_address: str) -> None:
+    """Rewrite config.yaml with the ports the roles bound, so the file reproduces the run."""
+    resolved = config.model_copy(deep=True)
+    resolved.server.listen = server_address
+    resolved.server.attacker = attacker_address
+    resolved.server.port_file = None
+    resolved.attacker.listen = attacker_address
+    resolved.attacker.port_file = None
+    resolved.client.server = server_address
+    save_config(resolved, path)
 
 
 def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child]) -> tuple[attacker_pb2.AttackReply, attacker_pb2.RecorderStats]:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run server, attacker and client locally and write a report")
-    demo.add_argument("--out", type=Path, required=True, help="run directory to create; it must not hold an earlier run")
+    demo.add_argument("--out", type=Path, required=True, help="run directory to create (required); it must not hold an earlier run")
     _add_common(demo)
     add_config_flags(demo, "demo")
 
@@ -75,7 +75,12 @@ def _create_certs(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Report unknown flags with the subcommand's usage rather than the top-level one.
+        commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     configure_logging(args.command, args.log_level)
     if args.command == "certs":
         return _create_certs(args)

@@ -164,16 +164,25 @@ ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
-    """Render a pydantic error as one line per key: 'source: section.key: problem (got value)'."""
+# Settings a role decides itself: the demo picks free ports, so it offers no listen flags.
+HIDDEN_FLAGS = {("demo", "attacker", "listen"), ("demo", "attacker", "port_file")}
+
+
+def format_validation_error(error: ValidationError, source: str, sources: dict[tuple[str, ...], str] | None = None) -> str:
+    """Render a pydantic error as one line per key: 'source: section.key: problem (got value)'.
+
+    sources maps (section, key) to where that value was set (a flag, --set, an environment
+    variable); other keys are blamed on `source`.
+    """
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        origin = (sources or {}).get(tuple(str(part) for part in item["loc"][:2]), source)
         problem = item["msg"]
         if item["type"] == "extra_forbidden":
             problem = "unknown key; check its spelling against `cemsplit <role> --help`"
         got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and "input" in item else ""
-        lines.append(f"{source}: {key}: {problem}{got}")
+        lines.append(f"{origin}: {key}: {problem}{got}")
     return "\n".join(lines)
 
 
@@ -196,12 +205,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(values: dict[str, Any], source: str) -> RunConfig:
+def build_config(values: dict[str, Any], source: str, sources: dict[tuple[str, ...], str] | None = None) -> RunConfig:
     """Validate a nested dict into a RunConfig; errors name the source and each key."""
     try:
         return RunConfig.model_validate(values)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, source, sources)) from None
 
 
 def save_config(config: RunConfig, path: Path) -> None:
@@ -252,18 +261,20 @@ def _parse_bool(text: str) -> bool:
 
 def add_config_flags(parser: argparse.ArgumentParser, role: str) -> None:
     """Add --config, --set and one flag per field of the role's sections to a parser."""
-    parser.add_argument("--config", type=Path, help="YAML config file; flags override its values")
+    parser.add_argument("--config", type=Path, help="YAML config file; flags override its values (default: none, built-in defaults)")
     parser.add_argument(
         "--set",
         metavar="SECTION.KEY=VALUE",
         action="append",
         default=[],
-        help="override any config key, for example --set train.lr_milestones=[2,3]; VALUE is YAML",
+        help="override any config key, for example --set train.lr_milestones=[2,3]; VALUE is YAML; repeatable (default: none)",
     )
     for section in ROLE_SECTIONS[role]:
         model = RunConfig.model_fields[section].annotation
         group = parser.add_argument_group(f"{section} settings (config section '{section}')")
         for field, info in model.model_fields.items():
+            if (role, section, field) in HIDDEN_FLAGS:
+                continue
             base = _base_type(info.annotation)
             default = info.get_default(call_default_factory=True)
             help_text = f"{info.description} (default: {'not set' if default is None else default})"
@@ -280,37 +291,49 @@ def add_config_flags(parser: argparse.ArgumentParser, role: str) -> None:
             group.add_argument(flag_name(section, field), **kwargs)
 
 
-def _env_overrides(values: dict[str, Any]) -> None:
+def _set_value(values: dict[str, Any], sources: dict[tuple[str, ...], str], section: str, field: str, value: Any, origin: str) -> None:
+    if not isinstance(values.setdefault(section, {}), dict):
+        raise ConfigError(f"{origin}: config section {section!r} is not a mapping")
+    values[section][field] = value
+    sources[(section, field)] = origin
+
+
+def _env_overrides(values: dict[str, Any], sources: dict[tuple[str, ...], str]) -> None:
     """Apply CEMSPLIT_<SECTION>__<KEY>=VALUE environment variables (VALUE is YAML)."""
     for key, text in os.environ.items():
         if not key.startswith("CEMSPLIT_") or "__" not in key:
             continue
         section, _, field = key[len("CEMSPLIT_"):].lower().partition("__")
-        values.setdefault(section, {})[field] = yaml.safe_load(text) if text != "" else None
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"environment variable {key}: value is not valid YAML ({error})") from None
+        _set_value(values, sources, section, field, value, f"environment variable {key}")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Build the run config: the --config file, then CEMSPLIT_* variables, then --set and flags."""
+    """Build the run config: the --config file, then CEMSPLIT_* variables, then --set and flags.
+
+    Errors name where each bad value came from: the file, the variable, --set or the flag.
+    """
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    source = str(args.config) if args.config else "command line"
-    _env_overrides(values)
+    source = f"config file {args.config}" if args.config else "defaults"
+    sources: dict[tuple[str, ...], str] = {}
+    _env_overrides(values, sources)
 
     for assignment in args.set:
         key, sep, text = assignment.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"--set {assignment!r} must look like SECTION.KEY=VALUE, for example train.epochs=3")
         section, _, field = key.partition(".")
-        if not isinstance(values.setdefault(section, {}), dict):
-            raise ConfigError(f"--set {assignment!r}: section {section!r} is not a mapping")
         try:
-            values[section][field] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({error})") from None
+        _set_value(values, sources, section, field, value, f"--set {assignment}")
 
     for dest, value in vars(args).items():
         if "." in dest and value is not None:
             section, field = dest.split(".", 1)
-            if not isinstance(values.setdefault(section, {}), dict):
-                raise ConfigError(f"config section {section!r} must be a mapping")
-            values[section][field] = value
-    return build_config(values, source)
+            _set_value(values, sources, section, field, value, f"flag {flag_name(section, field)}")
+    return build_config(values, source, sources)
