@@ -122,4 +122,4 @@ def test_example_config_matches_defaults():
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-    assert load_yaml(path) == RunConfig().model_dump(mode="json"), "configs/demo.yaml is out of date; regenerate it from RunConfig()"
+    assert load_yaml(path) == RunConfig().model_dump(mode="json"), "configs/demo.yaml is out of date; run python scripts/gen_config.py"
