@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run-dir", type=Path, default=Path("runs") / role, help=f"directory for this role's outputs (default: runs/{role})")
         _add_common(sub)
         add_config_flags(sub, role)
+    sweep = commands.add_parser("sweep", help="run every combination of a grid of settings and compare defences")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a config key and its values (repeatable), for example noise_std=0.01,0.05")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep directory (required); an existing one is resumed")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local", help="where runs execute (default: local)")
+    sweep.add_argument("--parallel", type=int, default=1, help="local backend: runs at a time (default: 1)")
+    sweep.add_argument("--address", help="ray backend: address of the Ray head, for example 10.0.0.5:6379")
+    sweep.add_argument("--cpus-per-run", type=float, default=1.0, help="ray backend: CPUs reserved per run (default: 1.0)")
+    _add_common(sweep)
+    add_config_flags(sweep, "demo")
+
     certs = commands.add_parser("certs", help="create a development CA with server and client certificates")
     certs.add_argument("directory", type=Path, help="directory for ca.pem, server.pem, client.pem and their keys")
     certs.add_argument(
@@ -105,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             from cemsplit.cli.demo import run_demo
 
             return run_demo(config, args.out, threads=args.threads)
+        if args.command == "sweep":
+            from cemsplit.cli.sweep import run_sweep
+
+            if args.parallel < 1:
+                raise ConfigError(f"--parallel {args.parallel} must be at least 1")
+            return run_sweep(config, args.grid, args.out, args.backend, args.parallel, args.address, args.cpus_per_run, args.threads)
         if args.command == "server":
             from cemsplit.server.main import serve
 

@@ -1,0 +1,106 @@
+"""Sweep planning: parse `--grid key=v1,v2` options and expand them into named runs."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from cemsplit.shared.config import ConfigError, RunConfig, build_config
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid dimension: a config key and the values it takes."""
+
+    section: str
+    field: str
+    values: tuple[object, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.field}"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One combination of the grid: its folder name and the config values it sets."""
+
+    name: str
+    settings: tuple[tuple[str, object], ...]
+
+    def overrides(self) -> list[str]:
+        """Return `--set section.key=value` arguments for the demo command."""
+        arguments = []
+        for key, value in self.settings:
+            arguments += ["--set", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        return arguments
+
+
+def _sections_by_field() -> dict[str, list[str]]:
+    owners: dict[str, list[str]] = {}
+    for section, info in RunConfig.model_fields.items():
+        for field in info.annotation.model_fields:
+            owners.setdefault(field, []).append(section)
+    return owners
+
+
+def parse_axis(text: str) -> Axis:
+    """Parse "key=v1,v2,..." where key is a config field (noise_std) or section.field.
+
+    Raises:
+        ConfigError: malformed text, an unknown or ambiguous key, or no values.
+    """
+    key, sep, values_text = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key or not values_text.strip():
+        raise ConfigError(f"--grid {text!r} must look like KEY=V1,V2,..., for example noise_std=0.01,0.05")
+    owners = _sections_by_field()
+    if "." in key:
+        section, _, field = key.partition(".")
+        if section not in RunConfig.model_fields or field not in RunConfig.model_fields[section].annotation.model_fields:
+            raise ConfigError(f"--grid {text!r}: {key} is not a config key; see `cemsplit demo --help`")
+    else:
+        field = key
+        if field not in owners:
+            raise ConfigError(f"--grid {text!r}: {field} is not a config key; see `cemsplit demo --help`")
+        if len(owners[field]) > 1:
+            choices = ", ".join(f"{s}.{field}" for s in owners[field])
+            raise ConfigError(f"--grid {text!r}: {field} is ambiguous; write one of {choices}")
+        section = owners[field][0]
+    values = tuple(yaml.safe_load(item.strip()) for item in values_text.split(",") if item.strip())
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigError(f"--grid {text!r} lists a value twice")
+    return Axis(section, field, values)
+
+
+def _slug(value: object) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", str(value))
+
+
+def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list[dict[str, object]]]:
+    """Expand the grid into runs; combinations the config rejects are returned as skipped.
+
+    Returns (runs, skipped), where each skipped entry holds the settings and the reason.
+    """
+    keys = [axis.key for axis in axes]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--grid names a key twice: {keys}")
+    runs: list[PlannedRun] = []
+    skipped: list[dict[str, object]] = []
+    base_values = base.model_dump(mode="json")
+    for combination in itertools.product(*(axis.values for axis in axes)):
+        settings = tuple(zip(keys, combination))
+        values = {section: dict(fields) for section, fields in base_values.items()}
+        for axis, value in zip(axes, combination):
+            values[axis.section][axis.field] = value
+        try:
+            build_config(values, "sweep grid")
+        except ConfigError as error:
+            skipped.append({"settings": dict(settings), "reason": str(error)})
+            continue
+        name = "__".join(f"{axis.field}-{_slug(value)}" for axis, value in zip(axes, combination))
+        runs.append(PlannedRun(name, settings))
+    return runs, skipped

@@ -1,0 +1,128 @@
+"""`cemsplit sweep`: grid parsing, a resumable local sweep and the Ray backend on loopback."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cemsplit.cli.sweep_plan import parse_axis, plan_runs
+from cemsplit.cli.sweep_report import pareto_front
+from cemsplit.shared.config import ConfigError, RunConfig
+
+SMALL = ["--train-limit", "256", "--test-limit", "100", "--aux-limit", "128", "--epochs", "1", "--decoder-epochs", "1", "--batch-size", "64", "--threads", "1"]
+GRID = ["--grid", "defense=none,noise", "--grid", "noise_std=0.05"]
+
+
+def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cemsplit.cli", "sweep", "--out", str(out), *GRID, *SMALL, *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200)
+
+
+def test_grid_keys_and_values():
+    axis = parse_axis("noise_std=0.01,0.025")
+    assert (axis.section, axis.field, axis.values) == ("defense", "noise_std", (0.01, 0.025))
+    assert parse_axis("train.epochs=1,2").values == (1, 2)
+    with pytest.raises(ConfigError, match="is not a config key"):
+        parse_axis("noise=0.1")
+    with pytest.raises(ConfigError, match="listen is ambiguous"):
+        parse_axis("listen=a,b")
+    with pytest.raises(ConfigError, match="must look like KEY=V1,V2"):
+        parse_axis("noise_std")
+    with pytest.raises(ConfigError, match="lists a value twice"):
+        parse_axis("noise_std=0.1,0.1")
+
+
+def test_invalid_combinations_are_skipped():
+    runs, skipped = plan_runs([parse_axis("defense=none,noise"), parse_axis("noise_std=0,0.05")], RunConfig())
+    names = [run.name for run in runs]
+    assert names == ["defense-none__noise_std-0", "defense-none__noise_std-0.05", "defense-noise__noise_std-0.05"]
+    assert len(skipped) == 1
+    assert skipped[0]["settings"] == {"defense.defense": "noise", "defense.noise_std": 0}
+    assert "needs noise_std > 0" in skipped[0]["reason"]
+
+
+def test_pareto_front():
+    points = [(0.01, 0.99), (0.02, 0.98), (0.015, 0.97), (0.03, 0.90), (0.03, 0.85)]
+    assert sorted(pareto_front(points, larger_x_is_better=True)) == [0, 1, 3]
+    assert sorted(pareto_front(points, larger_x_is_better=False)) == [0]
+
+
+@pytest.mark.slow
+def test_local_sweep_writes_results_and_resumes(tmp_path):
+    out = tmp_path / "sweep"
+    first = sweep(out)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 runs (0 finished earlier, 2 to run)" in first.stdout
+
+    data = json.loads((out / "sweep.json").read_text())
+    assert sorted(row["run"] for row in data["runs"]) == ["defense-noise__noise_std-0.05", "defense-none__noise_std-0.05"]
+    for row in data["runs"]:
+        assert 0 <= row["test_accuracy"] <= 1
+        assert row["white_box_mse"] > 0
+    assert (out / "sweep.csv").read_text().startswith("run,defense,noise_std,")
+    for name in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png", "grids/none.png", "grids/noise.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    report = (out / "sweep.md").read_text()
+    assert "![accuracy_vs_mse.png](accuracy_vs_mse.png)" in report
+    assert "grids/noise.png" in report
+
+    second = sweep(out)
+    assert second.returncode == 0
+    assert "2 runs (2 finished earlier, 0 to run)" in second.stdout
+
+    (out / "runs" / "defense-noise__noise_std-0.05" / "report.json").unlink()
+    third = sweep(out)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "2 runs (1 finished earlier, 1 to run)" in third.stdout
+    assert (out / "runs" / "defense-noise__noise_std-0.05.incomplete-1").is_dir()
+
+    changed = sweep(out, "--epochs", "2")
+    assert changed.returncode == 1
+    assert "holds a sweep with another base config" in changed.stderr
+
+
+RAY_SCRIPT = """
+set -eu
+ip link set lo up
+export RAY_USAGE_STATS_ENABLED=0
+ray=$(dirname "$PYTHON")/ray
+"$ray" start --head --node-ip-address 127.0.0.1 --port 6399 --num-cpus 2 --include-dashboard false \\
+    --disable-usage-stats --temp-dir "$RAY_TMP" > "$OUT.ray.log" 2>&1
+trap '"$ray" stop --force > /dev/null 2>&1' EXIT
+"$PYTHON" -m cemsplit.cli sweep --backend ray --address 127.0.0.1:6399 --out "$OUT" {arguments}
+"""
+
+
+@pytest.mark.slow
+def test_ray_backend_on_loopback(tmp_path):
+    pytest.importorskip("ray", reason="the Ray backend test needs the ray package (pip install -e '.[dev]')")
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("unshare and ip (util-linux, iproute2) are needed to keep Ray inside a loopback-only namespace")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {probe.stderr.decode().strip()}")
+
+    # Ray binds the host's addresses as well as loopback, so the head, its workers and the
+    # sweep run inside a new network namespace that has only a loopback interface.
+    out = tmp_path / "sweep"
+    arguments = " ".join([*GRID, *SMALL])
+    script = textwrap.dedent(RAY_SCRIPT).format(arguments=arguments)
+    # Ray's socket paths must stay under 107 bytes, so its session lives in a short temporary path.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": sys.executable, "OUT": str(out), "RAY_TMP": ray_tmp}
+    try:
+        result = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=1800, env=environment)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout + result.stderr + (Path(f"{out}.ray.log").read_text() if Path(f"{out}.ray.log").exists() else "")
+
+    data = json.loads((out / "sweep.json").read_text())
+    assert len(data["runs"]) == 2
+    assert data["failed"] == []
+    assert (out / "runs" / "defense-noise__noise_std-0.05" / "attacker" / "white_box.png").is_file()
+    assert (out / "accuracy_vs_ssim.png").is_file()
