@@ -12,9 +12,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.recorder import TrafficLogRecorder
 from cemsplit.server.service import SplitLearningService
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.grpc_util import bind, write_port_file
+from cemsplit.shared.snapshots import SnapshotWriter
+from cemsplit.shared.traffic_log import TrafficLogWriter
 from cemsplit.shared.specs import split_spec
 from cemsplit.shared.wire import server_options
 from cemsplit.v1 import split_pb2, split_pb2_grpc
@@ -33,7 +36,14 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport.max_message_mb)
         log.info("mirroring training activations to attacker %s (queue %d records)", config.server.attacker, config.server.mirror_queue)
 
-    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror)
+    recorder = None
+    if config.server.traffic_log is not None:
+        recorder = TrafficLogRecorder(TrafficLogWriter.from_config(config.server.traffic_log, config.traffic), config.server.mirror_queue)
+    snapshots = None
+    if config.server.snapshots:
+        snapshots = SnapshotWriter(Path(run_dir) / "snapshots", config.server.snapshot_every)
+
+    service = SplitLearningService(spec, Path(run_dir) / "checkpoints", mirror, recorder, snapshots)
     health_service = health.HealthServicer()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="rpc"), options=server_options(config.transport.max_message_mb))
     split_pb2_grpc.add_SplitLearningServicer_to_server(service, server)
@@ -56,5 +66,9 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
     server.stop(grace=10).wait()
     if mirror is not None:
         mirror.close()
+    if recorder is not None:
+        recorder.close()
+    if snapshots is not None:
+        snapshots.close()
     log.info("stopped")
     return 0

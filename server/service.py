@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.recorder import TrafficLogRecorder
 from cemsplit.shared import codec
 from cemsplit.shared.checkpoint import save_checkpoint
 from cemsplit.shared.schedule import learning_rate
+from cemsplit.shared.snapshots import SnapshotWriter
 from cemsplit.shared.specs import model_spec_mismatches
 from cemsplit.shared.vgg import ServerNet, SplitSpec
 from cemsplit.shared.wire import PROTOCOL_VERSION
@@ -61,13 +63,24 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     Args:
         spec: the split this server serves; sessions describing another split are rejected.
         checkpoint_dir: where each session's server half is saved at every epoch end and close.
-        mirror: optional attacker mirror that receives every accepted training step.
+        mirror: optional attacker mirror that receives every session start and accepted training step.
+        recorder: optional traffic log the server writes itself; it receives the same records.
+        snapshots: optional writer of server-half snapshots for the shadow-model attack.
     """
 
-    def __init__(self, spec: SplitSpec, checkpoint_dir: Path, mirror: AttackerMirror | None = None) -> None:
+    def __init__(
+        self,
+        spec: SplitSpec,
+        checkpoint_dir: Path,
+        mirror: AttackerMirror | None = None,
+        recorder: TrafficLogRecorder | None = None,
+        snapshots: SnapshotWriter | None = None,
+    ) -> None:
         self.spec = spec
         self.checkpoint_dir = Path(checkpoint_dir)
         self.mirror = mirror
+        self.recorder = recorder
+        self.snapshots = snapshots
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
 
@@ -143,14 +156,13 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             self._sessions[session.session_id] = session
         log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
 
-        if self.mirror is not None:
-            self.mirror.offer(
-                attacker_pb2.TrafficRecord(
-                    session_id=session.session_id,
-                    timestamp_ns=time.time_ns(),
-                    session_start=attacker_pb2.SessionStart(model=request.model, wire_dtype=request.wire_dtype, client_name=session.client_name),
-                )
+        self._publish(
+            lambda: attacker_pb2.TrafficRecord(
+                session_id=session.session_id,
+                timestamp_ns=time.time_ns(),
+                session_start=attacker_pb2.SessionStart(model=request.model, wire_dtype=request.wire_dtype, client_name=session.client_name),
             )
+        )
         return split_pb2.OpenSessionReply(session_id=session.session_id, last_step=0, protocol_version=PROTOCOL_VERSION)
 
     def _session(self, session_id: str) -> Session:
@@ -164,15 +176,35 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         session = self._session(request.session_id)
         with session.lock:
             self._save(session)
+            if self.snapshots is not None:
+                self.snapshots.session_closed(session.session_id, session.epoch, session.last_step, session.net, session.spec)
+        timeout_s = max(request.flush_timeout_s, 0.0)
         stats = split_pb2.MirrorStats()
         if self.mirror is not None:
-            if not self.mirror.flush(max(request.flush_timeout_s, 0.0)):
-                log.warning("session %s: attacker mirror did not drain within %.1f s", session.session_id, request.flush_timeout_s)
+            if not self.mirror.flush(timeout_s):
+                log.warning("session %s: attacker mirror did not drain within %.1f s", session.session_id, timeout_s)
             stats = self.mirror.stats()
+        log_stats = split_pb2.MirrorStats()
+        if self.recorder is not None:
+            if not self.recorder.flush(timeout_s):
+                log.warning("session %s: traffic log queue did not drain within %.1f s", session.session_id, timeout_s)
+            log_stats = self.recorder.stats()
         with self._sessions_lock:
             self._sessions.pop(session.session_id, None)
-        log.info("closed session %s after %d steps (mirror sent %d, dropped %d)", session.session_id, session.last_step, stats.sent, stats.dropped)
-        return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats)
+        log.info(
+            "closed session %s after %d steps (mirror sent %d, dropped %d; traffic log wrote %d, dropped %d)",
+            session.session_id, session.last_step, stats.sent, stats.dropped, log_stats.sent, log_stats.dropped,
+        )
+        return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats, traffic_log=log_stats)
+
+    def _publish(self, make_record) -> None:
+        """Offer one record, built by make_record() only when a sink exists, to the mirror and the traffic log."""
+        sinks = [sink for sink in (self.mirror, self.recorder) if sink is not None]
+        if not sinks:
+            return
+        record = make_record()
+        for sink in sinks:
+            sink.offer(record)
 
     def _save(self, session: Session) -> None:
         path = self.checkpoint_dir / f"server-{session.session_id}.pt"
@@ -256,22 +288,23 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
 
             if request.epoch != session.epoch and session.epoch > 0:
                 self._save(session)
+                if self.snapshots is not None:
+                    self.snapshots.epoch_done(session.session_id, session.epoch, session.last_step, session.net, session.spec)
             session.epoch = request.epoch
             reply = self._apply_step(session, request, features, labels)
             session.last_step = request.step
             session.last_reply = reply
 
-        if self.mirror is not None:
-            self.mirror.offer(
-                attacker_pb2.TrafficRecord(
-                    session_id=session.session_id,
-                    timestamp_ns=time.time_ns(),
-                    activations=attacker_pb2.ActivationRecord(
-                        step=request.step, epoch=request.epoch, phase=attacker_pb2.TRAIN,
-                        activations=request.activations, labels=request.labels,
-                    ),
-                )
+        self._publish(
+            lambda: attacker_pb2.TrafficRecord(
+                session_id=session.session_id,
+                timestamp_ns=time.time_ns(),
+                activations=attacker_pb2.ActivationRecord(
+                    step=request.step, epoch=request.epoch, phase=attacker_pb2.TRAIN,
+                    activations=request.activations, labels=request.labels,
+                ),
             )
+        )
         return reply
 
     def _apply_step(self, session: Session, request: split_pb2.TrainRequest, features: torch.Tensor, labels: torch.Tensor) -> split_pb2.TrainReply:
