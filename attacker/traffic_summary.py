@@ -122,11 +122,15 @@ def _range(values: list[int]) -> str:
     return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def format_summary(summary: dict[str, object]) -> str:
     """Render a summarize_log result as indented text lines."""
     lines = [
-        f"traffic log {summary['directory']}: format version {summary['format_version']}, {summary['segments']} segments, "
-        f"{summary['bytes'] / 2**20:.2f} MiB, {summary['records']} records, {len(summary['sessions'])} sessions"
+        f"traffic log {summary['directory']}: format version {summary['format_version']}, {_count(summary['segments'], 'segment')}, "
+        f"{summary['bytes'] / 2**20:.2f} MiB, {_count(summary['records'], 'record')}, {_count(len(summary['sessions']), 'session')}"
     ]
     for session in summary["sessions"]:
         if session["started"]:
@@ -138,7 +142,7 @@ def format_summary(summary: dict[str, object]) -> str:
         else:
             described = "no session start recorded"
         seconds = (session["last_time_ns"] - session["first_time_ns"]) / 1e9
-        lines.append(f"session {session['session_id']} ({described}): {session['records']} records over {seconds:.1f} s")
+        lines.append(f"session {session['session_id']} ({described}): {_count(session['records'], 'record')} over {seconds:.1f} s")
         for phase in ("train", "eval"):
             part = session[phase]
             if part is None:
@@ -146,11 +150,12 @@ def format_summary(summary: dict[str, object]) -> str:
                 continue
             steps = f"steps {_range([part['first_step'], part['last_step']])}" if part["first_step"] is not None else "no steps"
             lines.append(
-                f"  {phase}: {part['records']} records, {steps}, epochs {_range(part['epochs'])}, {part['samples']} samples, "
-                f"{part['missing_steps']} missing steps, {part['repeated_steps']} repeated steps"
+                f"  {phase}: {_count(part['records'], 'record')}, {steps}, epochs {_range(part['epochs'])}, "
+                f"{_count(part['samples'], 'sample')}, {_count(part['missing_steps'], 'missing step')}, "
+                f"{_count(part['repeated_steps'], 'repeated step')}"
             )
             for key, count in part["activations"].items():
-                lines.append(f"    activations {key}: {count} records")
+                lines.append(f"    activations {key}: {_count(count, 'record')}")
             for key, count in part["labels"].items():
-                lines.append(f"    labels {key}: {count} records")
+                lines.append(f"    labels {key}: {_count(count, 'record')}")
     return "\n".join(lines)
