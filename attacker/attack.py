@@ -6,10 +6,11 @@ the recorded training traffic of one epoch (the last by default), joined to the 
 through the client's manifest:
 
 - white-box: the trained client encoder and the auxiliary split; a decoder learns noisy
-  features -> images. It is also scored in the two regimes of the CEM evaluation protocol:
-  train-time (decoder trained on the auxiliary split, which stands in for training data the
-  attacker holds, tested on the test split) and inference-time (trained on the first
-  `inference_time_fraction` of the test split, tested on the rest).
+  features -> images. It is also scored in the two regimes of the CEM evaluation protocol.
+  Train-time: the decoder is trained on the auxiliary split (the attacker has no client
+  training data, so the auxiliary split takes its place) and tested on the test split.
+  Inference-time: a second decoder is trained on the first `inference_time_fraction` of
+  the test split and tested on the rest.
 - shadow: a server-half snapshot and the labelled auxiliary split; a stand-in encoder is
   trained through the frozen server half and a decoder learns to invert the stand-in.
 - rmle: the encoder's weights; images are optimised to match the recorded features under a
@@ -54,9 +55,11 @@ _SEED_TARGET = 3
 class AttackTarget:
     """The traffic under attack with what is known about it.
 
-    traffic: the session's records of the attacked epoch; joined: those records paired with
-    the true images; spec: the split the session announced; encoder, server: the two halves
-    of the target model where given; mean_image: [C, H, W] mean of the auxiliary images.
+    traffic: the session's records of the attacked epoch.
+    joined: those records paired with the true images.
+    spec: the split the session announced.
+    encoder, server: the two halves of the target model, or None where not given.
+    mean_image: [C, H, W] mean of the auxiliary images.
     """
 
     traffic: SessionTraffic
@@ -120,7 +123,7 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, nois
         features = _noisy(encode_images(encoder, originals), noise_std, seed + _SEED_REGIME_NOISE)
         return evaluate_reconstructions(
             reconstruct(decoder, features), originals, images.labels, target.mean_image,
-            encoder, target.server, noise_std, seed + _SEED_TARGET,
+            encoder, target.server, noise_std, seed + _SEED_TARGET, config.attacker.accuracy_images,
         )
 
     train_time = {"trained_on": "aux", "train_images": len(aux_images), "tested_on": "test", **score_regime(trained.decoder, splits.test)}
@@ -229,7 +232,8 @@ def run_attack(
 
     reconstructions, joined, details = _THREAT_FUNCTIONS[threat](config, splits, target, inputs.noise_std, seed)
     scores = evaluate_reconstructions(
-        reconstructions, joined.images, joined.labels, target.mean_image, target.encoder, target.server, inputs.noise_std, seed + _SEED_TARGET
+        reconstructions, joined.images, joined.labels, target.mean_image, target.encoder, target.server,
+        inputs.noise_std, seed + _SEED_TARGET, config.attacker.accuracy_images,
     )
     key = report_key(threat)
     grid = save_grid(joined.images, reconstructions, out_dir / f"{key}.png", config.attacker.grid_images)

@@ -47,15 +47,20 @@ def evaluate_reconstructions(
     server: ServerNet | None,
     noise_std: float,
     seed: int,
+    accuracy_images: int,
 ) -> dict[str, object]:
     """Score reconstructions [N, C, H, W] against the true images [N, C, H, W].
 
-    Returns mse, psnr and ssim (means of per-image values), psnr_batch (PSNR of each batch of
-    256 images' mean MSE, averaged over batches, as the CEM reference code reports it),
-    mean_image_mse (the MSE of guessing `mean_image` [C, H, W] for every image, the baseline
-    an attack has to beat), images_scored, and target_accuracy and target_accuracy_originals
-    (the target model's accuracy on the reconstructions and on the originals; None without
-    both halves of the model).
+    Returns a dict with these keys:
+    - mse, psnr, ssim: means of per-image values.
+    - psnr_batch: PSNR of the mean MSE of each batch of 256 images, averaged over batches,
+      as the CEM reference code reports it.
+    - mean_image_mse: MSE of guessing `mean_image` [C, H, W] for every image, the baseline
+      an attack has to beat.
+    - images_scored.
+    - target_accuracy, target_accuracy_originals: the target model's accuracy on the first
+      `accuracy_images` reconstructions and on their originals, or None unless both halves
+      are given; target_accuracy_images is that image count.
     """
     scores: dict[str, object] = dict(score_reconstructions(reconstructions, originals))
     baseline = mean_image.unsqueeze(0).expand_as(originals)
@@ -63,9 +68,12 @@ def evaluate_reconstructions(
     scores["images_scored"] = len(originals)
 
     if encoder is not None and server is not None:
-        scores["target_accuracy"] = target_accuracy(encoder, server, reconstructions, labels, noise_std, seed)
-        scores["target_accuracy_originals"] = target_accuracy(encoder, server, originals, labels, noise_std, seed)
+        count = min(accuracy_images, len(originals))
+        scores["target_accuracy"] = target_accuracy(encoder, server, reconstructions[:count], labels[:count], noise_std, seed)
+        scores["target_accuracy_originals"] = target_accuracy(encoder, server, originals[:count], labels[:count], noise_std, seed)
+        scores["target_accuracy_images"] = count
     else:
         scores["target_accuracy"] = None
         scores["target_accuracy_originals"] = None
+        scores["target_accuracy_images"] = 0
     return scores

@@ -25,7 +25,7 @@ INPUT_DESCRIPTIONS = {
     "server_snapshot": "a snapshot of the server half (a file or the server's snapshots directory)",
 }
 
-# How the command line names each input; the gRPC service passes its own field names.
+# Command-line flag of each input, used in errors. The gRPC service passes its field names instead.
 COMMAND_LINE_NAMES = {"traffic_dir": "--traffic", "manifest": "--manifest", "encoder": "--encoder", "server_snapshot": "--server-snapshot"}
 
 
@@ -43,7 +43,7 @@ class AttackInputError(ValueError):
 
 @dataclass
 class AttackInputs:
-    """Files and choices of one attack, with paths as the attacking process sees them.
+    """Files and choices of one attack; paths are local to the attacking process.
 
     traffic_end: where to stop reading a log that a live writer is still appending to.
     epoch: training epoch whose traffic is reconstructed; 0 takes the last recorded one.

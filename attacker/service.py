@@ -19,7 +19,7 @@ from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# How the Attack call names each input in its errors.
+# Name of each input in the errors of the Attack call.
 REQUEST_FIELD_NAMES = {
     "traffic_dir": "the attacker's traffic log",
     "manifest": "manifest",

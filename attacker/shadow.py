@@ -1,8 +1,8 @@
 """Query-free shadow model: a stand-in client encoder trained through the frozen server half.
 
-An honest-but-curious server holds its own half of the model and can collect labelled data
-from the same distribution as the client's, but it never sees the client encoder and cannot
-query it. It trains a stand-in encoder of the announced architecture so that the frozen
+An honest-but-curious server has its own half of the model and can collect labelled data
+from the same distribution as the client's, but it has no copy of the client encoder and
+cannot query it. It trains a stand-in encoder of the announced architecture so that the frozen
 server half classifies the stand-in's (noisy) features correctly. Because the server half was
 trained on the real client's features, this pulls the stand-in's feature space towards the
 real one. A decoder trained to invert the stand-in is then applied to the recorded traffic.

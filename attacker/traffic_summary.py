@@ -64,10 +64,11 @@ class _PhaseSummary:
 def summarize_log(directory: Path) -> dict[str, object]:
     """Return a JSON-ready summary of a traffic log directory.
 
-    Keys: directory, format_version, segments, bytes, records, and sessions (in the order
-    first seen), each with its announced model, record count, first and last timestamps and
-    per phase (train, eval) the record and sample counts, step range, missing and repeated
-    steps, epochs, and counts of each activation and label "shape dtype" seen.
+    Keys: directory, format_version, segments, bytes, records, and sessions in the order
+    first seen. Each session has its announced model, record count, and first and last
+    timestamps. Per phase (train, eval) it has the record and sample counts, the step range,
+    missing and repeated steps, the epochs, and how often each activation and label
+    "shape dtype" occurs.
 
     Raises:
         FileNotFoundError, TrafficLogError: as iter_records does.

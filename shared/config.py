@@ -132,6 +132,9 @@ class AttackConfig(Section):
     threats: list[ThreatName] = Field(
         default_factory=lambda: ["white-box"], min_length=1, description="threat models the demo attacks the recorded traffic with, in order"
     )
+    accuracy_images: int = Field(
+        1000, ge=1, le=10_000_000, description="reconstructions (the first ones) on which the target model's accuracy is measured, per evaluation"
+    )
     inference_time_fraction: float = Field(
         0.9, gt=0, lt=1, description="share of the test split that trains the white-box decoder of the inference-time regime; the rest tests it"
     )

@@ -38,7 +38,7 @@ class BlockingWriter(TrafficLogWriter):
         super().append(record)
 
 
-def test_recorder_drops_when_queue_is_full_and_writes_the_rest(tmp_path):
+def test_recorder_drops_on_full_queue(tmp_path):
     writer = BlockingWriter(tmp_path / "log")
     recorder = TrafficLogRecorder(writer, max_queue=2)
     accepted = [recorder.offer(record(step)) for step in range(1, 8)]

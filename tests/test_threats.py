@@ -1,9 +1,9 @@
 """Threat models on real recorded traffic: each beats the mean-image baseline, live and offline agree.
 
-The module fixture trains a small split model on real mnist5k digits in this process and
-records what the server would receive (a traffic log with TrafficLogWriter, the client's
-manifest, the encoder checkpoint and a server snapshot), so that every attack runs on real
-files. The live attack runs in a real attacker process fed over gRPC.
+The module fixture trains a small split model on real mnist5k digits in this process. It
+writes the files a recorded run leaves: a traffic log of what the server would receive, the
+client's manifest, the encoder checkpoint and a server snapshot. Every attack runs on these
+real files, and the live attack runs in a real attacker process fed over gRPC.
 """
 
 import json
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.slow
 SESSION = "0123456789abcdef0123456789abcdef"
 EPOCHS = 3
 BATCH = 64
-# SGD learning rate per epoch; the last epoch runs at a decayed rate, as the default schedule
-# does, so the released encoder is close to the one that produced the last epoch's traffic.
+# SGD learning rate per epoch. The last epoch runs at a decayed rate, as under the default
+# schedule, so that the released encoder is close to the one that produced its traffic.
 RATES = {1: 0.05, 2: 0.05, 3: 0.005}
 SETTINGS = {
     "data": {"train_limit": 800, "test_limit": 200, "aux_limit": 256},
@@ -126,7 +126,7 @@ def assert_target_accuracy(result):
 def test_shadow_beats_mean_image(recorded, tmp_path):
     directory, config, splits = recorded
     inputs = inputs_of(directory)
-    inputs.encoder = None  # the shadow model never sees the client encoder
+    inputs.encoder = None  # a shadow-model attacker has no client encoder
     result = run_attack("shadow", config, splits, inputs, tmp_path)
     assert_beats_mean_image(result, 800)
     assert result["target_accuracy"] is None
