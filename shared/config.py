@@ -138,7 +138,9 @@ class AttackConfig(Section):
     inference_time_fraction: float = Field(
         0.9, gt=0, lt=1, description="share of the test split that trains the white-box decoder of the inference-time regime; the rest tests it"
     )
-    shadow_epochs: int = Field(10, ge=1, le=10_000, description="epochs of stand-in encoder training through the frozen server half")
+    shadow_epochs: int = Field(
+        10, ge=1, le=10_000, description="epochs of stand-in encoder training through the frozen server half, in batches of decoder_batch_size"
+    )
     shadow_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the stand-in encoder")
     rmle_images: int = Field(256, ge=1, le=1_000_000, description="recorded images the rMLE attack reconstructs (the first ones of the attacked epoch)")
     rmle_steps: int = Field(300, ge=1, le=100_000, description="Adam steps of the rMLE image optimisation")
