@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cemsplit.attacker.evaluation import evaluate_reconstructions
-from cemsplit.attacker.inputs import THREATS, AttackInputs, check_inputs, report_key
+from cemsplit.attacker.inputs import THREATS, AttackInputError, AttackInputs, check_inputs, report_key
 from cemsplit.attacker.rmle import invert_features
 from cemsplit.attacker.scoring import ImageLookup, JoinedTraffic, join_with_manifest, save_grid
 from cemsplit.attacker.shadow import train_stand_in
@@ -113,6 +113,14 @@ ThreatOutput = tuple[torch.Tensor, JoinedTraffic, dict]
 
 def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, noise_std: float, seed: int) -> ThreatOutput:
     encoder = target.encoder
+    test = splits.test
+    cut = math.floor(config.attacker.inference_time_fraction * len(test))
+    if cut < 1 or cut >= len(test):
+        raise AttackInputError(
+            f"inference_time_fraction {config.attacker.inference_time_fraction} of {len(test)} test images leaves no images "
+            "to train or to test on; use more test images or another fraction"
+        )
+
     aux_images = splits.aux.floats()
     log.info("training the white-box decoder on %d auxiliary images (noise std %.4f)", len(aux_images), noise_std)
     trained = train_decoder(encode_images(encoder, aux_images), aux_images, noise_std, config.attacker, seed)
@@ -128,13 +136,6 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, nois
 
     train_time = {"trained_on": "aux", "train_images": len(aux_images), "tested_on": "test", **score_regime(trained.decoder, splits.test)}
 
-    test = splits.test
-    cut = math.floor(config.attacker.inference_time_fraction * len(test))
-    if cut < 1 or cut >= len(test):
-        raise ValueError(
-            f"inference_time_fraction {config.attacker.inference_time_fraction} of {len(test)} test images leaves no images "
-            "to train or to test on; use more test images or another fraction"
-        )
     first, rest = test.subset(torch.arange(cut)), test.subset(torch.arange(cut, len(test)))
     log.info("training the inference-time decoder on the first %d of %d test images", cut, len(test))
     first_images = first.floats()
