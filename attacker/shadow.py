@@ -6,6 +6,12 @@ cannot query it. It trains a stand-in encoder of the announced architecture so t
 server half classifies the stand-in's (noisy) features correctly. Because the server half was
 trained on the real client's features, this pulls the stand-in's feature space towards the
 real one. A decoder trained to invert the stand-in is then applied to the recorded traffic.
+
+NOTE: the classification loss ties the stand-in's features to the client's only loosely.
+On mnist5k test runs its per-sample features differ from the real ones by an MSE of about
+0.09 on (0, 1) features, and the attack beats the mean-image baseline by 15-45% in MSE
+depending on decoder size. Pulling the stand-in's features towards the distribution of the
+recorded traffic (for example with a discriminator) is not implemented.
 """
 
 from __future__ import annotations
