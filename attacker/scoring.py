@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cemsplit.attacker.traffic import SessionTraffic
+from cemsplit.attacker.traffic import SessionTraffic, TrafficError
 from cemsplit.shared.datasets import DataSplits
 
 log = logging.getLogger(__name__)
@@ -25,36 +26,55 @@ class ImageLookup:
         self._position = {int(sample_id): index for index, sample_id in enumerate(ids.tolist())}
 
     def images(self, ids: list[int]) -> torch.Tensor:
-        """Return float images in [0, 1], [len(ids), C, H, W]; raises KeyError for unknown ids."""
+        """Return float images in [0, 1], [len(ids), C, H, W]; raises TrafficError for unknown ids."""
         try:
             index = torch.tensor([self._position[i] for i in ids], dtype=torch.long)
         except KeyError as error:
-            raise KeyError(f"sample id {error.args[0]} is not in the dataset; manifest and dataset do not match") from None
+            raise TrafficError(
+                f"sample id {error.args[0]} of the manifest is not in the configured dataset; pass the data settings "
+                "of the recorded run (its config.yaml)"
+            ) from None
         return self._images[index].float().div_(255.0)
 
 
-def join_with_manifest(
-    traffic: SessionTraffic, manifest: dict[tuple[str, int], list[int]], lookup: ImageLookup
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Pair each recorded activation with its true image.
+@dataclass
+class JoinedTraffic:
+    """Recorded activations paired with the true images they came from.
 
-    Returns (activations [N, C, H, W], true images [N, C_x, H_x, W_x], records without a
-    manifest entry, which are skipped).
+    features: [N, C, H, W] as transmitted; images: [N, C_x, H_x, W_x] in [0, 1];
+    labels: [N] as transmitted; ids: [N] dataset sample ids; unmatched: records without a
+    manifest entry, which are skipped.
     """
-    features, images = [], []
+
+    features: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+    unmatched: int
+
+    def head(self, count: int) -> "JoinedTraffic":
+        """Return the first `count` samples."""
+        return JoinedTraffic(self.features[:count], self.images[:count], self.labels[:count], self.ids[:count], self.unmatched)
+
+
+def join_with_manifest(traffic: SessionTraffic, manifest: dict[tuple[str, int], list[int]], lookup: ImageLookup) -> JoinedTraffic:
+    """Pair each recorded activation with its true image through the client's manifest."""
+    features, images, labels, ids = [], [], [], []
     missing = 0
-    for step, batch in zip(traffic.steps, traffic.activations):
-        ids = manifest.get((traffic.session_id, step))
-        if ids is None or len(ids) != len(batch):
+    for step, batch, batch_labels in zip(traffic.steps, traffic.activations, traffic.labels):
+        step_ids = manifest.get((traffic.session_id, step))
+        if step_ids is None or len(step_ids) != len(batch):
             missing += 1
             continue
         features.append(batch)
-        images.append(lookup.images(ids))
+        images.append(lookup.images(step_ids))
+        labels.append(batch_labels)
+        ids.append(torch.tensor(step_ids, dtype=torch.long))
     if not features:
         raise ValueError(f"no recorded step of session {traffic.session_id} is in the manifest; is it the client's manifest of that run?")
     if missing:
-        log.warning("%d recorded steps have no matching manifest entry and are not scored", missing)
-    return torch.cat(features), torch.cat(images), missing
+        log.warning("%d recorded steps of session %s have no matching manifest entry and are not scored", missing, traffic.session_id)
+    return JoinedTraffic(torch.cat(features), torch.cat(images), torch.cat(labels), torch.cat(ids), missing)
 
 
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, count: int, scale: int = 0) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Iterator
 
 import grpc
 
-from cemsplit.attacker.attack import THREATS, run_white_box
+from cemsplit.attacker.attack import numeric_metrics, run_attack
+from cemsplit.attacker.inputs import AttackInputError, AttackInputs, check_inputs
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits
 from cemsplit.shared.traffic_log import TrafficLogWriter
@@ -17,13 +19,21 @@ from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# Name of each input in the errors of the Attack call.
+REQUEST_FIELD_NAMES = {
+    "traffic_dir": "the attacker's traffic log",
+    "manifest": "manifest",
+    "encoder": "encoder_checkpoint",
+    "server_snapshot": "server_snapshot",
+}
+
 
 class AttackerService(attacker_pb2_grpc.AttackerServicer):
     """Appends every received TrafficRecord to a traffic log; attacks read that log back.
 
     Args:
-        config: data and attack settings.
-        splits: the dataset; the auxiliary split trains decoders, all splits score them.
+        config: data, attack and traffic log settings.
+        splits: the dataset; the auxiliary split trains the attacks, all splits score them.
         traffic_dir: the traffic log directory.
     """
 
@@ -31,7 +41,7 @@ class AttackerService(attacker_pb2_grpc.AttackerServicer):
         self.config = config
         self.splits = splits
         self.traffic_dir = Path(traffic_dir)
-        self.writer = TrafficLogWriter(self.traffic_dir)
+        self.writer = TrafficLogWriter.from_config(self.traffic_dir, config.traffic)
         self.received = 0
         self.rejected = 0
         self._lock = threading.Lock()
@@ -58,39 +68,42 @@ class AttackerService(attacker_pb2_grpc.AttackerServicer):
             return attacker_pb2.RecorderStats(received=self.received, rejected=self.rejected, bytes=self.writer.bytes_written)
 
     def Attack(self, request: attacker_pb2.AttackRequest, context: grpc.ServicerContext) -> attacker_pb2.AttackReply:
-        if request.threat not in THREATS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"threat {request.threat!r} is not supported; use one of {list(THREATS)}")
-        for field in ("encoder_checkpoint", "manifest", "out_dir"):
-            if not getattr(request, field):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is missing; give a path as the attacker sees it")
-        if request.noise_std < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"noise_std {request.noise_std} is negative")
+        inputs = AttackInputs(
+            traffic_dir=self.traffic_dir,
+            manifest=Path(request.manifest) if request.manifest else None,
+            encoder=Path(request.encoder_checkpoint) if request.encoder_checkpoint else None,
+            server_snapshot=Path(request.server_snapshot) if request.server_snapshot else None,
+            session_id=request.session_id,
+            epoch=request.epoch,
+            noise_std=request.noise_std,
+        )
+        session = request.session_id or "(latest)"
+        if not request.out_dir:
+            log.warning("%s attack on session %s rejected: out_dir is missing", request.threat, session)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "out_dir is missing; give a directory as the attacker sees it")
+        try:
+            check_inputs(request.threat, inputs, REQUEST_FIELD_NAMES)
+        except AttackInputError as error:
+            code = grpc.StatusCode.FAILED_PRECONDITION if error.files_not_found else grpc.StatusCode.INVALID_ARGUMENT
+            log.warning("%s attack on session %s rejected: %s", request.threat, session, error)
+            context.abort(code, str(error))
 
         with self._attack_lock:
-            self.writer.flush()
-            log.info("running the %s attack on session %s", request.threat, request.session_id or "(latest)")
+            inputs.traffic_end = self.writer.flush()
+            log.info("running the %s attack on session %s", request.threat, session)
             try:
-                result = run_white_box(
-                    self.config,
-                    self.splits,
-                    self.traffic_dir,
-                    Path(request.encoder_checkpoint),
-                    Path(request.manifest),
-                    request.noise_std,
-                    Path(request.out_dir),
-                    request.session_id,
-                )
+                result = run_attack(request.threat, self.config, self.splits, inputs, Path(request.out_dir))
             except (ValueError, KeyError, FileNotFoundError) as error:
-                log.error("%s attack failed: %s", request.threat, error)
+                log.error("%s attack on session %s failed: %s", request.threat, session, error)
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{request.threat} attack failed: {error}")
 
-        metrics = {key: float(value) for key, value in result.items() if key in ("mse", "psnr", "ssim", "psnr_batch", "decoder_train_mse")}
         return attacker_pb2.AttackReply(
             threat=request.threat,
-            metrics=metrics,
+            metrics=numeric_metrics(result),
             images_scored=int(result["images_scored"]),
             grid_path=str(result["grid"]),
             seconds=float(result["seconds"]),
+            result_json=json.dumps(result),
         )
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from cemsplit.shared import codec
-from cemsplit.shared.traffic_log import read_records
+from cemsplit.shared.traffic_log import LogPosition, read_records
+from cemsplit.shared.vgg import SplitSpec
 from cemsplit.v1 import attacker_pb2
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,29 @@ class SessionTraffic:
     activations: list[torch.Tensor]
     labels: list[torch.Tensor]
 
-    def select_epoch(self, epoch: int) -> "SessionTraffic":
-        """Return only the records of one epoch."""
+    def split_spec(self, client_sigmoid: bool) -> SplitSpec:
+        """Return the split the session announced; the sigmoid flag is not on the wire and comes from the caller."""
+        model = self.start.model
+        return SplitSpec(
+            input_shape=tuple(int(n) for n in model.input_shape),
+            num_classes=int(model.num_classes),
+            cut_layer=int(model.cut_layer),
+            bottleneck_channels=int(model.bottleneck_channels),
+            client_sigmoid=client_sigmoid,
+            arch=model.architecture,
+        )
+
+    def select_epoch(self, epoch: int = 0) -> "SessionTraffic":
+        """Return only the records of one epoch; 0 selects the last recorded epoch.
+
+        Raises:
+            TrafficError: no record of that epoch.
+        """
+        if epoch == 0:
+            epoch = max(self.epochs)
         keep = [i for i, e in enumerate(self.epochs) if e == epoch]
+        if not keep:
+            raise TrafficError(f"session {self.session_id} has no training records of epoch {epoch}; recorded epochs: {sorted(set(self.epochs))}")
         return SessionTraffic(
             self.session_id,
             self.start,
@@ -46,15 +67,16 @@ class SessionTraffic:
         )
 
 
-def load_session_traffic(directory: Path, session_id: str = "") -> SessionTraffic:
+def load_session_traffic(directory: Path, session_id: str = "", end: LogPosition | None = None) -> SessionTraffic:
     """Read the training records of one session; an empty id takes the last session opened.
 
-    A step recorded twice (a retried step) keeps its last record.
+    A step recorded twice (a retried step) keeps its last record. `end` stops reading at a
+    position returned by a live writer's flush.
     """
     starts: dict[str, attacker_pb2.SessionStart] = {}
     order: list[str] = []
     by_step: dict[str, dict[int, attacker_pb2.ActivationRecord]] = {}
-    for record in read_records(directory):
+    for record in read_records(directory, end):
         body = record.WhichOneof("body")
         if body == "session_start":
             starts[record.session_id] = record.session_start

@@ -76,7 +76,7 @@ def train_decoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(batch)
+            total += float(loss.detach()) * len(batch)
             if interactive:
                 print(f"\rdecoder epoch {epoch}/{config.decoder_epochs} step {index}/{steps_per_epoch}", end="", file=sys.stderr, flush=True)
         scheduler.step()

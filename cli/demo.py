@@ -6,8 +6,10 @@ Run directory layout:
     client/metrics.jsonl        per-epoch metrics
     client/manifest.jsonl       sample ids per training step (never sent)
     client/encoder.pt, client/checkpoints/, server/checkpoints/
+    server/snapshots/           weights-only snapshots of the server half
     attacker/traffic/           the recorded traffic log
-    attacker/white_box.png      originals above reconstructions
+    attacker/<threat>.png       originals above reconstructions, one per threat model
+    attacker/<threat>.json      the attack's results
     report.json, report.md
 """
 
@@ -126,9 +128,9 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
         timing["training_s"] = time.monotonic() - training_started
         client_summary = json.loads((out / "client" / "summary.json").read_text(encoding="utf-8"))
 
-        print("  training finished; the attacker trains its decoder on the recorded traffic", flush=True)
+        print(f"  training finished; the attacker attacks the recorded traffic ({', '.join(config.attacker.threats)})", flush=True)
         attack_started = time.monotonic()
-        attack, stats = _run_attack(config, attacker_address, out, children)
+        attacks, stats = _run_attacks(config, attacker_address, out, children)
         timing["attack_s"] = time.monotonic() - attack_started
     except KeyboardInterrupt:
         print("cemsplit demo: interrupted; stopping the roles", flush=True)
@@ -144,7 +146,7 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
 
     stop_children(children)
     timing["total_s"] = time.monotonic() - started
-    report = write_report(out, config, client_summary, attack, stats, timing, _machine())
+    report = write_report(out, config, client_summary, attacks, stats, timing, _machine())
     print_summary(report)
     return 0
 
@@ -161,26 +163,35 @@ def _record_addresses(config: RunConfig, path: Path, server_address: str, attack
     save_config(resolved, path)
 
 
-def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child]) -> tuple[attacker_pb2.AttackReply, attacker_pb2.RecorderStats]:
+def _run_attacks(
+    config: RunConfig, address: str, out: Path, children: list[Child]
+) -> tuple[dict[str, dict[str, object]], attacker_pb2.RecorderStats]:
+    """Ask the attacker to run each configured threat model; returns {threat: results} and its recording stats."""
     channel = open_channel(address, config.transport, channel_options(config.transport.max_message_mb))
+    snapshots = out / "server" / "snapshots"
+    results: dict[str, dict[str, object]] = {}
     try:
         wait_until_serving(channel, "", config.transport.connect_timeout_s, f"attacker {address}")
         stub = attacker_pb2_grpc.AttackerStub(channel)
-        request = attacker_pb2.AttackRequest(
-            threat="white-box",
-            encoder_checkpoint=str(out / "client" / "encoder.pt"),
-            manifest=str(out / "client" / "manifest.jsonl"),
-            noise_std=config.defense.noise_std,
-            out_dir=str(out / "attacker"),
-        )
-        future = stub.Attack.future(request, timeout=config.attacker.attack_timeout_s)
-        try:
-            _watch(children, future.done)
-            reply = future.result()
-        except grpc.RpcError as error:
-            raise RoleFailed(f"the attack failed ({error.code().name}): {error.details()}") from None
+        for threat in config.attacker.threats:
+            request = attacker_pb2.AttackRequest(
+                threat=threat,
+                encoder_checkpoint=str(out / "client" / "encoder.pt"),
+                manifest=str(out / "client" / "manifest.jsonl"),
+                server_snapshot=str(snapshots) if snapshots.is_dir() else "",
+                noise_std=config.defense.noise_std,
+                out_dir=str(out / "attacker"),
+            )
+            future = stub.Attack.future(request, timeout=config.attacker.attack_timeout_s)
+            try:
+                _watch(children, future.done)
+                reply = future.result()
+            except grpc.RpcError as error:
+                raise RoleFailed(f"the {threat} attack failed ({error.code().name}): {error.details()}") from None
+            results[threat] = json.loads(reply.result_json)
+            print(f"  {threat} attack: MSE {reply.metrics['mse']:.5f}, SSIM {reply.metrics['ssim']:.4f} ({reply.seconds:.1f} s)", flush=True)
         stats = stub.GetStats(attacker_pb2.StatsRequest(), timeout=config.transport.rpc_timeout_s)
-        return reply, stats
+        return results, stats
     finally:
         channel.close()
 

@@ -1,4 +1,4 @@
-"""`cemsplit` command: server, client, attacker and demo subcommands."""
+"""`cemsplit` command: server, client, attacker, demo, attack and traffic subcommands."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ DESCRIPTION = """Split learning with CEM defences and model-inversion attacks ov
 
 Every role reads one YAML config (--config); flags override it. Units are given in each
 option's help. Run `cemsplit demo --out DIR` to train on the embedded MNIST digits with
-server, client and attacker as three local processes."""
+server, client and attacker as three local processes. `cemsplit attack` runs the threat
+models on a recorded traffic log alone; `cemsplit traffic inspect DIR` summarises a log."""
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--run-dir", type=Path, default=Path("runs") / role, help=f"directory for this role's outputs (default: runs/{role})")
         _add_common(sub)
         add_config_flags(sub, role)
+
+    from cemsplit.cli.attack import add_attack_arguments
+
+    summary = "run threat models on a recorded traffic log, with no server or client running"
+    attack = commands.add_parser("attack", help=summary, description=summary + ". Pass the run's config.yaml for its data settings.")
+    add_attack_arguments(attack)
+    _add_common(attack)
+    add_config_flags(attack, "attack")
+
+    traffic = commands.add_parser("traffic", help="tools for traffic log directories", description="tools for traffic log directories")
+    traffic_commands = traffic.add_subparsers(dest="traffic_command", required=True, metavar="TOOL")
+    inspect = traffic_commands.add_parser(
+        "inspect", help="print sessions, step ranges, shapes, dtypes and record counts", description="summarise a traffic log directory"
+    )
+    inspect.add_argument("directory", type=Path, metavar="DIR", help="traffic log directory")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity (default: WARNING)")
+
     sweep = commands.add_parser("sweep", help="run every combination of a grid of settings and compare defences")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a config key and its values (repeatable), for example noise_std=0.01,0.05")
     sweep.add_argument("--out", type=Path, required=True, help="sweep directory (required); an existing one is resumed")
@@ -63,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default: 365)")
     _add_common(certs)
     return parser
+
+
+def _inspect_traffic(args: argparse.Namespace) -> int:
+    import json
+
+    from cemsplit.attacker.traffic_summary import format_summary, summarize_log
+    from cemsplit.shared.traffic_log import TrafficLogError
+
+    try:
+        summary = summarize_log(args.directory)
+    except (FileNotFoundError, TrafficLogError) as error:
+        log.error("%s", error)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
 
 
 def _create_certs(args: argparse.Namespace) -> int:
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.command, args.log_level)
     if args.command == "certs":
         return _create_certs(args)
+    if args.command == "traffic":
+        return _inspect_traffic(args)
     try:
         config = config_from_args(args)
     except ConfigError as error:
@@ -108,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
 
+    from cemsplit.attacker.inputs import AttackInputError
+    from cemsplit.attacker.traffic import TrafficError
     from cemsplit.shared.errors import USER_ERRORS
 
     try:
@@ -133,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             from cemsplit.client.main import run
 
             return run(config, args.run_dir)
+        if args.command == "attack":
+            from cemsplit.cli.attack import run_offline_attack
+
+            return run_offline_attack(config, args)
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, AttackInputError, TrafficError) as error:
         log.error("%s", error)
         return 1
     raise AssertionError(f"unhandled command {args.command}")

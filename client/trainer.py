@@ -213,6 +213,7 @@ class SplitClient:
             "test_accuracy": history[-1]["test_accuracy"],
             "defense": self.defense.describe(),
             "mirror": {"enqueued": close.mirror.enqueued, "sent": close.mirror.sent, "dropped": close.mirror.dropped},
+            "traffic_log": {"enqueued": close.traffic_log.enqueued, "sent": close.traffic_log.sent, "dropped": close.traffic_log.dropped},
             "training_seconds": time.monotonic() - started,
             "epochs": history,
         }

@@ -12,10 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.recorder import TrafficLogRecorder
 from cemsplit.server.service import SplitLearningService
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.grpc_util import add_checked_servicer, bind, write_port_file
 from cemsplit.shared.security import server_credentials, server_interceptors
+from cemsplit.shared.snapshots import SnapshotWriter
+from cemsplit.shared.traffic_log import TrafficLogWriter
 from cemsplit.shared.specs import split_spec
 from cemsplit.shared.wire import server_options
 from cemsplit.v1 import split_pb2
@@ -36,8 +39,21 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         mirror = AttackerMirror(config.server.attacker, config.server.mirror_queue, config.transport)
         log.info("mirroring training activations to attacker %s (queue %d records)", config.server.attacker, config.server.mirror_queue)
 
+    recorder = None
+    if config.server.traffic_log is not None:
+        recorder = TrafficLogRecorder(TrafficLogWriter.from_config(config.server.traffic_log, config.traffic), config.server.mirror_queue)
+    snapshots = None
+    if config.server.snapshots:
+        snapshots = SnapshotWriter(Path(run_dir) / "snapshots", config.server.snapshot_every)
+
     service = SplitLearningService(
-        spec, Path(run_dir) / "checkpoints", mirror, config.server.keep_checkpoints, config.server.max_abs_activation
+        spec,
+        Path(run_dir) / "checkpoints",
+        mirror,
+        recorder,
+        snapshots,
+        keep_checkpoints=config.server.keep_checkpoints,
+        max_abs_activation=config.server.max_abs_activation,
     )
     health_service = health.HealthServicer()
     server = grpc.server(
@@ -70,5 +86,9 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
     service.checkpoint_all()
     if mirror is not None:
         mirror.close()
+    if recorder is not None:
+        recorder.close()
+    if snapshots is not None:
+        snapshots.close()
     log.info("stopped")
     return 0

@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from cemsplit.server.mirror import AttackerMirror
+from cemsplit.server.recorder import TrafficLogRecorder
 from cemsplit.server.sessions import SessionStore
 from cemsplit.shared import codec
 from cemsplit.shared.checkpoint import CheckpointError, load_state_strict
 from cemsplit.shared.logs import RateLimitedLog
 from cemsplit.shared.schedule import learning_rate
+from cemsplit.shared.snapshots import SnapshotWriter
 from cemsplit.shared.specs import model_spec_mismatches
 from cemsplit.shared.vgg import ServerNet, SplitSpec
 from cemsplit.shared.wire import PROTOCOL_VERSION
@@ -76,7 +78,9 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     Args:
         spec: the split this server serves; sessions describing another split are rejected.
         checkpoint_dir: where sessions are checkpointed, at the steps clients mark and on close.
-        mirror: optional attacker mirror that receives every accepted training step.
+        mirror: optional attacker mirror that receives every session start and accepted training step.
+        recorder: optional traffic log the server writes itself; it receives the same records.
+        snapshots: optional writer of server-half snapshots for the shadow-model attack.
         keep_checkpoints: checkpoints kept per session (at least 2).
         max_abs_activation: largest absolute activation accepted; 0 accepts any finite value.
     """
@@ -86,6 +90,8 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         spec: SplitSpec,
         checkpoint_dir: Path,
         mirror: AttackerMirror | None = None,
+        recorder: TrafficLogRecorder | None = None,
+        snapshots: SnapshotWriter | None = None,
         keep_checkpoints: int = 3,
         max_abs_activation: float = 1e4,
     ) -> None:
@@ -93,6 +99,8 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         self.max_abs_activation = max_abs_activation
         self.store = SessionStore(checkpoint_dir, keep_checkpoints)
         self.mirror = mirror
+        self.recorder = recorder
+        self.snapshots = snapshots
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._reject_log = RateLimitedLog(log, interval_s=5.0)
@@ -152,14 +160,13 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             self._sessions[session.session_id] = session
         log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
 
-        if self.mirror is not None:
-            self.mirror.offer(
-                attacker_pb2.TrafficRecord(
-                    session_id=session.session_id,
-                    timestamp_ns=time.time_ns(),
-                    session_start=attacker_pb2.SessionStart(model=request.model, wire_dtype=request.wire_dtype, client_name=session.client_name),
-                )
+        self._publish(
+            lambda: attacker_pb2.TrafficRecord(
+                session_id=session.session_id,
+                timestamp_ns=time.time_ns(),
+                session_start=attacker_pb2.SessionStart(model=request.model, wire_dtype=request.wire_dtype, client_name=session.client_name),
             )
+        )
         return split_pb2.OpenSessionReply(session_id=session.session_id, last_step=0, protocol_version=PROTOCOL_VERSION)
 
     def _build_session(self, session_id: str, request: split_pb2.OpenSessionRequest) -> Session:
@@ -244,15 +251,35 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         session = self._session(request.session_id)
         with session.lock:
             self._save(session)
+            if self.snapshots is not None:
+                self.snapshots.session_closed(session.session_id, session.epoch, session.last_step, session.net, session.spec)
+        timeout_s = max(request.flush_timeout_s, 0.0)
         stats = split_pb2.MirrorStats()
         if self.mirror is not None:
-            if not self.mirror.flush(max(request.flush_timeout_s, 0.0)):
-                log.warning("session %s: attacker mirror did not drain within %.1f s", session.session_id, request.flush_timeout_s)
+            if not self.mirror.flush(timeout_s):
+                log.warning("session %s: attacker mirror did not drain within %.1f s", session.session_id, timeout_s)
             stats = self.mirror.stats()
+        log_stats = split_pb2.MirrorStats()
+        if self.recorder is not None:
+            if not self.recorder.flush(timeout_s):
+                log.warning("session %s: traffic log queue did not drain within %.1f s", session.session_id, timeout_s)
+            log_stats = self.recorder.stats()
         with self._sessions_lock:
             self._sessions.pop(session.session_id, None)
-        log.info("closed session %s after %d steps (mirror sent %d, dropped %d)", session.session_id, session.last_step, stats.sent, stats.dropped)
-        return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats)
+        log.info(
+            "closed session %s after %d steps (mirror sent %d, dropped %d; traffic log wrote %d, dropped %d)",
+            session.session_id, session.last_step, stats.sent, stats.dropped, log_stats.sent, log_stats.dropped,
+        )
+        return split_pb2.CloseSessionReply(steps_applied=session.last_step, mirror=stats, traffic_log=log_stats)
+
+    def _publish(self, make_record) -> None:
+        """Offer one record, built by make_record() only when a sink exists, to the mirror and the traffic log."""
+        sinks = [sink for sink in (self.mirror, self.recorder) if sink is not None]
+        if not sinks:
+            return
+        record = make_record()
+        for sink in sinks:
+            sink.offer(record)
 
     def _save(self, session: Session) -> None:
         path = self.store.save(
@@ -342,6 +369,8 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "labels are missing")
             labels = self._decode_labels(session, request.labels, features.shape[0])
 
+            if request.epoch != session.epoch and session.epoch > 0 and self.snapshots is not None:
+                self.snapshots.epoch_done(session.session_id, session.epoch, session.last_step, session.net, session.spec)
             session.epoch = request.epoch
             reply = self._apply_step(session, request, features, labels)
             session.last_step = request.step
@@ -349,17 +378,16 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             if request.checkpoint:
                 self._save(session)
 
-        if self.mirror is not None:
-            self.mirror.offer(
-                attacker_pb2.TrafficRecord(
-                    session_id=session.session_id,
-                    timestamp_ns=time.time_ns(),
-                    activations=attacker_pb2.ActivationRecord(
-                        step=request.step, epoch=request.epoch, phase=attacker_pb2.TRAIN,
-                        activations=request.activations, labels=request.labels,
-                    ),
-                )
+        self._publish(
+            lambda: attacker_pb2.TrafficRecord(
+                session_id=session.session_id,
+                timestamp_ns=time.time_ns(),
+                activations=attacker_pb2.ActivationRecord(
+                    step=request.step, epoch=request.epoch, phase=attacker_pb2.TRAIN,
+                    activations=request.activations, labels=request.labels,
+                ),
             )
+        )
         return reply
 
     def _apply_step(self, session: Session, request: split_pb2.TrainRequest, features: torch.Tensor, labels: torch.Tensor) -> split_pb2.TrainReply:

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cemsplit.shared.wire import DEFAULT_ATTACKER_PORT, DEFAULT_MAX_MESSAGE_MB, DEFAULT_SERVER_PORT
 
+ThreatName = Literal["white-box", "shadow", "rmle"]
+FsyncPolicyName = Literal["always", "interval", "never"]
 DatasetName = Literal["mnist5k", "sklearn-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "image-folder"]
 DefenseName = Literal["none", "noise"]
 WireDType = Literal["float32", "float16", "bfloat16"]
@@ -123,7 +125,16 @@ class TransportConfig(Section):
 class ServerConfig(Section):
     listen: str = Field(f"127.0.0.1:{DEFAULT_SERVER_PORT}", description="host:port the server binds; port 0 picks a free port")
     attacker: Optional[str] = Field(None, description="host:port of an attacker to mirror received activations to")
-    mirror_queue: int = Field(1024, ge=1, le=1_000_000, description="records held for the attacker before new ones are dropped")
+    mirror_queue: int = Field(
+        1024, ge=1, le=1_000_000, description="records queued for the attacker mirror and for the traffic log, each, before new ones are dropped"
+    )
+    traffic_log: Optional[Path] = Field(
+        None, description="directory of a traffic log that the server writes itself, from a background thread; not set writes none"
+    )
+    snapshots: bool = Field(True, description="save weights-only snapshots of the server half to <run-dir>/snapshots for the shadow-model attack")
+    snapshot_every: int = Field(
+        0, ge=0, le=10_000, description="epochs between snapshots of the server half; 0 saves one snapshot only when the session closes"
+    )
     keep_checkpoints: int = Field(3, ge=2, le=1000, description="checkpoints kept per session, newest first")
     max_abs_activation: float = Field(1e4, ge=0, description="largest absolute activation value accepted; 0 accepts any finite value")
     port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
@@ -143,7 +154,41 @@ class AttackConfig(Section):
     decoder_weight_decay: float = Field(1e-4, ge=0, lt=1, description="Adam weight decay of the decoder")
     decoder_blocks: int = Field(8, ge=0, le=64, description="residual blocks at 64 channels in the decoder")
     grid_images: int = Field(16, ge=1, le=256, description="reconstructions shown in the PNG grid")
-    attack_timeout_s: float = Field(3600.0, gt=0, le=604_800, description="deadline of the attack call, in seconds")
+    attack_timeout_s: float = Field(3600.0, gt=0, le=604_800, description="deadline of each attack call, in seconds")
+    threats: list[ThreatName] = Field(
+        default_factory=lambda: ["white-box"], min_length=1, description="threat models the demo attacks the recorded traffic with, in order"
+    )
+    accuracy_images: int = Field(
+        1000, ge=1, le=10_000_000, description="reconstructions (the first ones) on which the target model's accuracy is measured, per evaluation"
+    )
+    inference_time_fraction: float = Field(
+        0.9, gt=0, lt=1, description="share of the test split that trains the white-box decoder of the inference-time regime; the rest tests it"
+    )
+    shadow_epochs: int = Field(
+        10, ge=1, le=10_000, description="epochs of stand-in encoder training through the frozen server half, in batches of decoder_batch_size"
+    )
+    shadow_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the stand-in encoder")
+    rmle_images: int = Field(256, ge=1, le=1_000_000, description="recorded images the rMLE attack reconstructs (the first ones of the attacked epoch)")
+    rmle_steps: int = Field(300, ge=1, le=100_000, description="Adam steps of the rMLE image optimisation")
+    rmle_lr: float = Field(0.05, gt=0, le=10, description="Adam learning rate of the rMLE image optimisation, on pixel values in [0, 1]")
+    rmle_tv_weight: float = Field(
+        0.1, ge=0, le=1_000, description="weight of the total-variation prior relative to the feature MSE in the rMLE objective"
+    )
+
+    @model_validator(mode="after")
+    def _check_threats(self) -> "AttackConfig":
+        repeated = sorted({name for name in self.threats if self.threats.count(name) > 1})
+        if repeated:
+            raise ValueError(f"threats lists {repeated} more than once; name each threat model once")
+        return self
+
+
+class TrafficLogConfig(Section):
+    segment_mb: int = Field(256, ge=1, le=1_048_576, description="size in MiB at which a traffic log segment file is closed and the next begins")
+    fsync: FsyncPolicyName = Field(
+        "interval", description="when traffic log writes are forced to disk: after every record, at most every fsync_interval_s, or only when a segment closes"
+    )
+    fsync_interval_s: float = Field(1.0, gt=0, le=3600, description="seconds between forced writes of the traffic log under fsync 'interval'")
 
 
 class RunConfig(Section):
@@ -157,13 +202,15 @@ class RunConfig(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
     attacker: AttackConfig = Field(default_factory=AttackConfig)
+    traffic: TrafficLogConfig = Field(default_factory=TrafficLogConfig)
 
 
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("data", "model", "transport", "server"),
+    "server": ("data", "model", "transport", "server", "traffic"),
     "client": ("data", "model", "train", "defense", "transport", "client"),
-    "attacker": ("data", "model", "transport", "attacker"),
-    "demo": ("data", "model", "train", "defense", "transport", "attacker"),
+    "attacker": ("data", "model", "transport", "attacker", "traffic"),
+    "demo": ("data", "model", "train", "defense", "transport", "attacker", "traffic"),
+    "attack": ("data", "model", "defense", "attacker"),
 }
 
 
@@ -288,7 +335,12 @@ def add_config_flags(parser: argparse.ArgumentParser, role: str) -> None:
                 choices = list(typing.get_args(base))
                 kwargs.update(choices=choices, help=f"{info.description}: {', '.join(choices)} (default: {default})")
             elif typing.get_origin(base) is list:
-                kwargs.update(type=int, nargs="*")
+                item = typing.get_args(base)[0]
+                if typing.get_origin(item) is Literal:
+                    choices = list(typing.get_args(item))
+                    kwargs.update(choices=choices, nargs="+", help=f"{info.description}: {', '.join(choices)} (default: {default})")
+                else:
+                    kwargs.update(type=item, nargs="*")
             elif base in (int, float, str, Path):
                 kwargs.update(type=base)
             group.add_argument(flag_name(section, field), **kwargs)

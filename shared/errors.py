@@ -8,17 +8,17 @@ from cemsplit.shared.datasets import DataError
 from cemsplit.shared.grpc_util import AddressError
 from cemsplit.shared.manifest import ManifestError
 from cemsplit.shared.security import SecurityError
-from cemsplit.shared.traffic_log import CorruptRecordError
+from cemsplit.shared.traffic_log import TrafficLogError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     AddressError,
     CheckpointError,
     ConfigError,
-    CorruptRecordError,
     DataError,
     FileExistsError,
     FileNotFoundError,
     ManifestError,
     SecurityError,
     TimeoutError,
+    TrafficLogError,
 )

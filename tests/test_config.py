@@ -98,7 +98,7 @@ def test_flag_names_are_unique_and_prefixed_when_shared():
     assert flag_name("attacker", "listen") == "--attacker-listen"
 
 
-@pytest.mark.parametrize("role", ["server", "client", "attacker", "demo"])
+@pytest.mark.parametrize("role", ["server", "client", "attacker", "demo", "attack"])
 def test_help_lists_defaults_and_units(role):
     output = subprocess.run([sys.executable, "-m", "cemsplit.cli", role, "--help"], capture_output=True, text=True, check=True).stdout
     assert "(default:" in output
@@ -108,6 +108,12 @@ def test_help_lists_defaults_and_units(role):
         assert re.search(r"in\s+seconds", output)
     if role == "server":
         assert "--server-listen" in output
+        assert "--traffic-log" in output
+        assert "--fsync" in output
+    if role == "attack":
+        assert "--traffic DIR" in output
+        assert "--server-snapshot" in output
+        assert "--rmle-tv-weight" in output
 
 
 def test_invalid_config_exits_2_with_message(tmp_path):
@@ -123,3 +129,22 @@ def test_example_config_matches_defaults():
 
     path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
     assert load_yaml(path) == RunConfig().model_dump(mode="json"), "configs/demo.yaml is out of date; run python scripts/gen_config.py"
+
+
+def test_threats_flag_takes_a_list():
+    assert parse("demo", "--out", "x", "--threats", "white-box", "rmle").attacker.threats == ["white-box", "rmle"]
+    assert RunConfig().attacker.threats == ["white-box"]
+    with pytest.raises(ConfigError, match=r"threats lists \['rmle'\] more than once"):
+        parse("demo", "--out", "x", "--threats", "rmle", "rmle")
+    with pytest.raises(SystemExit):
+        parse("demo", "--out", "x", "--threats", "gan")
+
+
+def test_traffic_log_settings():
+    config = parse("server", "--traffic-log", "/tmp/log", "--fsync", "always", "--segment-mb", "16", "--snapshot-every", "2")
+    assert str(config.server.traffic_log) == "/tmp/log"
+    assert config.traffic.fsync == "always"
+    assert config.traffic.segment_mb == 16
+    assert config.server.snapshot_every == 2
+    with pytest.raises(SystemExit):
+        parse("server", "--fsync", "sometimes")

@@ -34,7 +34,8 @@ def processes_mentioning(text: str) -> list[int]:
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run([*DEMO, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    threats = ["--threats", "white-box", "rmle", "--rmle-images", "16", "--rmle-steps", "20"]
+    result = subprocess.run([*DEMO, *threats, "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
 
     report = json.loads((out / "report.json").read_text())
@@ -45,6 +46,14 @@ def test_demo_end_to_end(tmp_path):
         assert math.isfinite(white_box[key]), key
     assert 0 < white_box["mse"] < 1
     assert white_box["images_scored"] == 640
+    assert white_box["grid"] == "attacker/white_box.png"
+    assert 0 <= white_box["target_accuracy"] <= 1
+    assert white_box["train_time"]["images_scored"] == 200
+    assert white_box["inference_time"]["images_scored"] == 20
+    rmle = report["attack"]["rmle"]
+    assert rmle["images_scored"] == 16
+    assert math.isfinite(rmle["mse"])
+    assert (out / "attacker" / "rmle.png").is_file()
     assert report["recording"]["received"] == 41  # one session start and 2 epochs of 20 steps
     assert report["recording"]["dropped"] == 0
     for phase in ("startup_s", "training_s", "attack_s", "total_s"):
@@ -56,6 +65,7 @@ def test_demo_end_to_end(tmp_path):
     assert (out / "client" / "encoder.pt").is_file()
     assert (out / "attacker" / "white_box.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "server" / "checkpoints").glob("server-*.pt"))
+    assert list((out / "server" / "snapshots").glob(f"server-{report['session_id']}-epoch-0002.pt"))
     assert "| test accuracy |" in (out / "report.md").read_text()
     assert "test accuracy" in result.stdout
     assert processes_mentioning(str(out)) == []

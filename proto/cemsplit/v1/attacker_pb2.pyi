@@ -75,23 +75,27 @@ class RecorderStats(_message.Message):
     def __init__(self, received: _Optional[int] = ..., rejected: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class AttackRequest(_message.Message):
-    __slots__ = ("threat", "session_id", "encoder_checkpoint", "manifest", "noise_std", "out_dir")
+    __slots__ = ("threat", "session_id", "encoder_checkpoint", "manifest", "noise_std", "out_dir", "server_snapshot", "epoch")
     THREAT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODER_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     threat: str
     session_id: str
     encoder_checkpoint: str
     manifest: str
     noise_std: float
     out_dir: str
-    def __init__(self, threat: _Optional[str] = ..., session_id: _Optional[str] = ..., encoder_checkpoint: _Optional[str] = ..., manifest: _Optional[str] = ..., noise_std: _Optional[float] = ..., out_dir: _Optional[str] = ...) -> None: ...
+    server_snapshot: str
+    epoch: int
+    def __init__(self, threat: _Optional[str] = ..., session_id: _Optional[str] = ..., encoder_checkpoint: _Optional[str] = ..., manifest: _Optional[str] = ..., noise_std: _Optional[float] = ..., out_dir: _Optional[str] = ..., server_snapshot: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AttackReply(_message.Message):
-    __slots__ = ("threat", "metrics", "images_scored", "grid_path", "seconds")
+    __slots__ = ("threat", "metrics", "images_scored", "grid_path", "seconds", "result_json")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,9 +108,11 @@ class AttackReply(_message.Message):
     IMAGES_SCORED_FIELD_NUMBER: _ClassVar[int]
     GRID_PATH_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     threat: str
     metrics: _containers.ScalarMap[str, float]
     images_scored: int
     grid_path: str
     seconds: float
-    def __init__(self, threat: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., images_scored: _Optional[int] = ..., grid_path: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+    result_json: str
+    def __init__(self, threat: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., images_scored: _Optional[int] = ..., grid_path: _Optional[str] = ..., seconds: _Optional[float] = ..., result_json: _Optional[str] = ...) -> None: ...

@@ -144,9 +144,11 @@ class MirrorStats(_message.Message):
     def __init__(self, enqueued: _Optional[int] = ..., sent: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class CloseSessionReply(_message.Message):
-    __slots__ = ("steps_applied", "mirror")
+    __slots__ = ("steps_applied", "mirror", "traffic_log")
     STEPS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     MIRROR_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_LOG_FIELD_NUMBER: _ClassVar[int]
     steps_applied: int
     mirror: MirrorStats
-    def __init__(self, steps_applied: _Optional[int] = ..., mirror: _Optional[_Union[MirrorStats, _Mapping]] = ...) -> None: ...
+    traffic_log: MirrorStats
+    def __init__(self, steps_applied: _Optional[int] = ..., mirror: _Optional[_Union[MirrorStats, _Mapping]] = ..., traffic_log: _Optional[_Union[MirrorStats, _Mapping]] = ...) -> None: ...
