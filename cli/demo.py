@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import grpc
 
 from cemsplit.cli.processes import Child, RoleFailed, start_role, stop_children, wait_for_port_file
 from cemsplit.cli.report import print_summary, write_report
+from cemsplit.cli.reporter import attack_request, machine_description
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.wire import channel_options
@@ -140,7 +139,7 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
 
     stop_children(children)
     timing["total_s"] = time.monotonic() - started
-    report = write_report(out, config, client_summary, attack, stats, timing, _machine())
+    report = write_report(out, config, client_summary, attack, stats, timing, machine_description())
     print_summary(report)
     return 0
 
@@ -150,14 +149,7 @@ def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child
     try:
         wait_until_serving(channel, "", config.transport.connect_timeout_s, f"attacker {address}")
         stub = attacker_pb2_grpc.AttackerStub(channel)
-        request = attacker_pb2.AttackRequest(
-            threat="white-box",
-            encoder_checkpoint=str(out / "client" / "encoder.pt"),
-            manifest=str(out / "client" / "manifest.jsonl"),
-            noise_std=config.defense.noise_std,
-            out_dir=str(out / "attacker"),
-        )
-        future = stub.Attack.future(request, timeout=config.attacker.attack_timeout_s)
+        future = stub.Attack.future(attack_request(config, out), timeout=config.attacker.attack_timeout_s)
         try:
             _watch(children, future.done)
             reply = future.result()
@@ -167,16 +159,3 @@ def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child
         return reply, stats
     finally:
         channel.close()
-
-
-def _machine() -> dict[str, object]:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "grpc": grpc.__version__,
-    }

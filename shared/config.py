@@ -138,6 +138,8 @@ ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
     "client": ("data", "model", "train", "defense", "transport", "client"),
     "attacker": ("data", "model", "transport", "attacker"),
     "demo": ("data", "model", "train", "defense", "transport", "attacker"),
+    "report": ("data", "model", "train", "defense", "transport", "attacker"),
+    "health": ("transport",),
 }
 
 
