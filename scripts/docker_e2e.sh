@@ -208,7 +208,7 @@ finish tools
 work=$(mktemp -d /tmp/cemsplit-docker.XXXXXX) || fail "cannot create a temporary folder in /tmp"
 export DOCKER_HOST=unix://$work/docker.sock
 mkdir -p "$cache" || fail "cannot create the cache folder $cache; set CEMSPLIT_DOCKER_CACHE"
-# One run at a time per cache, because the cache holds the daemon's data root.
+# One run at a time per cache, because the cache contains the daemon's data root.
 exec 9>"$cache/lock"
 flock -n 9 || fail "another run of docker_e2e.sh holds $cache/lock; wait for it to finish"
 

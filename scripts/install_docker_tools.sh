@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Debian's docker.io, docker-compose (1.29) and debootstrap when any of their commands
-# is missing. Needs root and apt-get, and never asks questions (DEBIAN_FRONTEND=noninteractive).
+# is missing. Needs root and apt-get, and runs non-interactively (DEBIAN_FRONTEND=noninteractive).
 # On a machine with systemd, installing docker.io also starts the system's own dockerd;
 # scripts/docker_e2e.sh does not use it and runs a private daemon instead.
 set -euo pipefail
