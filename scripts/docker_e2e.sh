@@ -27,7 +27,7 @@
 #                           the full demo)
 #   CEMSPLIT_E2E_TIMEOUT    seconds allowed for the compose run (default 900)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 started=$(date +%s)
 
@@ -44,6 +44,8 @@ out=$repo/runs/docker-e2e
 
 work=""
 dockerd_pid=""
+owns_lock=0
+logs_saved=0
 linked_wheels=()
 created_run_dirs=()
 timings=()
@@ -95,18 +97,47 @@ compose() {
 # The daemon is private, so every container on it belongs to this script.
 remove_all_containers() {
   local containers
-  containers=$(docker ps -aq 2>/dev/null)
-  [ -z "$containers" ] || docker rm -f -v $containers >/dev/null 2>&1
+  mapfile -t containers < <(docker ps -aq 2>/dev/null)
+  [ "${#containers[@]}" -eq 0 ] || docker rm -f -v "${containers[@]}" >/dev/null 2>&1
 }
 
-# Stop a dockerd that an earlier, killed run of this script left running on the cached data
-# root: its pid is in the cache, and its command line must name that data root.
-stop_stale_dockerd() {
-  local stale
+# Take the cache for this run. The lock is a folder with the owner's pid in it, because a file
+# descriptor lock would be inherited, and kept, by the daemons and commands this script starts.
+take_lock() {
+  local holder
+  if ! mkdir "$cache/run.lock" 2>/dev/null; then
+    holder=$(cat "$cache/run.lock/pid" 2>/dev/null)
+    if [ -n "$holder" ] && tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null | grep -q "docker_e2e.sh"; then
+      fail "another run of docker_e2e.sh (pid $holder) uses $cache; wait for it to finish"
+    fi
+    say "taking over $cache/run.lock from a run that ended without cleaning up (pid ${holder:-unknown})"
+  fi
+  echo "$$" >"$cache/run.lock/pid"
+  owns_lock=1
+}
+
+# Stop what an earlier, killed run of this script left running: its docker-compose command,
+# and its dockerd on the cached data root, then delete that run's temporary folder. Their
+# pids are in the cache, and each process's command line must match what this script starts.
+stop_stale_processes() {
+  local stale command_line stale_work
+  stale=$(cat "$cache/compose.pid" 2>/dev/null)
+  if [ -n "$stale" ] && tr '\0' ' ' <"/proc/$stale/cmdline" 2>/dev/null | grep -q -- "docker-compose -p $project run"; then
+    say "stopping docker-compose pid $stale, left running by an earlier run"
+    kill -TERM "$stale" 2>/dev/null
+  fi
+  rm -f "$cache/compose.pid"
+
   stale=$(cat "$cache/dockerd.pid" 2>/dev/null) || return 0
-  if [ -n "$stale" ] && tr '\0' ' ' <"/proc/$stale/cmdline" 2>/dev/null | grep -q -- "--data-root $data_root "; then
+  command_line=$(tr '\0' ' ' <"/proc/$stale/cmdline" 2>/dev/null)
+  if [ -n "$stale" ] && [[ "$command_line" == *"--data-root $data_root "* ]]; then
     say "stopping dockerd pid $stale, left running by an earlier run on $data_root"
     dockerd_pid=$stale stop_dockerd
+    stale_work=$(echo "$command_line" | sed -n 's|.*--exec-root \(/tmp/cemsplit-docker\.[A-Za-z0-9]*\)/exec .*|\1|p')
+    if [ -n "$stale_work" ] && [ -d "$stale_work" ]; then
+      unmount_under "$stale_work"
+      rm -rf "$stale_work"
+    fi
   fi
   rm -f "$cache/dockerd.pid"
 }
@@ -147,6 +178,7 @@ cleanup() {
     if [ "$status" -ne 0 ] && [ -n "$work" ]; then
       mkdir -p "$out/logs"
       compose logs --no-color >"$out/logs/compose.log" 2>&1
+      logs_saved=1
     fi
     compose down --volumes --remove-orphans --timeout 20 >"$work/down.log" 2>&1 \
       || { say "docker-compose down failed; removing every container of the private daemon"; show_tail "$work/down.log" 20; }
@@ -172,20 +204,23 @@ cleanup() {
     rmdir "$path/plugins" "$path/s" "$path" 2>/dev/null
   done
   if [ -n "$work" ] && [ -d "$work" ]; then
-    if [ "$status" -ne 0 ]; then
+    if [ "$status" -ne 0 ] && ls "$work"/*.log >/dev/null 2>&1; then
       mkdir -p "$out/logs"
-      cp "$work"/*.log "$out/logs/" 2>/dev/null
+      cp "$work"/*.log "$out/logs/"
+      logs_saved=1
     fi
     unmount_under "$work"
     rm -rf "$work"
   fi
+
+  [ "$owns_lock" -eq 1 ] && rm -rf "$cache/run.lock"
 
   local total=$(( $(date +%s) - started ))
   say "times: ${timings[*]}; total ${total}s"
   if [ "$status" -eq 0 ]; then
     say "PASSED: the compose run wrote $out/report.json"
   else
-    [ -d "$out/logs" ] && say "logs of the failed run: $out/logs/"
+    [ "$logs_saved" -eq 1 ] && say "logs of the failed run: $out/logs/"
     say "FAILED (exit status $status)"
   fi
   exit "$status"
@@ -209,8 +244,7 @@ work=$(mktemp -d /tmp/cemsplit-docker.XXXXXX) || fail "cannot create a temporary
 export DOCKER_HOST=unix://$work/docker.sock
 mkdir -p "$cache" || fail "cannot create the cache folder $cache; set CEMSPLIT_DOCKER_CACHE"
 # One run at a time per cache, because the cache contains the daemon's data root.
-exec 9>"$cache/lock"
-flock -n 9 || fail "another run of docker_e2e.sh holds $cache/lock; wait for it to finish"
+take_lock
 
 # 2. Base image tarball (cached) -----------------------------------------------------------------
 base_packages=python3,python3-venv
@@ -260,9 +294,14 @@ else
   say "downloaded $(ls "$wheels" | wc -l) wheels to $wheels"
 fi
 # The wheels must lie inside the build context; hard links cost no space on the same disk.
+# A wheel that is already a hard link to the cached one was left by a killed run: it is removed
+# at the end like the new links.
 for wheel in "$wheels"/*.whl; do
   target=docker/wheels/$(basename "$wheel")
-  [ -e "$target" ] && continue
+  if [ -e "$target" ]; then
+    [ "$target" -ef "$wheel" ] && linked_wheels+=("$repo/$target")
+    continue
+  fi
   ln "$wheel" "$target" 2>/dev/null || cp "$wheel" "$target" || fail "cannot copy $wheel into docker/wheels"
   linked_wheels+=("$repo/$target")
 done
@@ -275,10 +314,9 @@ for path in /run/docker /run/containerd; do
 done
 # No default bridge, no iptables rules, no IP forwarding and no masquerading: the host's
 # network setup stays as it was, and the compose network (internal) has no route out.
-stop_stale_dockerd
-# fd 9 (the lock) is closed for dockerd, so that a dockerd left running cannot hold the lock.
+stop_stale_processes
 dockerd --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
-  --bridge none --iptables=false --ip-forward=false --ip-masq=false >"$work/dockerd.log" 2>&1 9>&- &
+  --bridge none --iptables=false --ip-forward=false --ip-masq=false >"$work/dockerd.log" 2>&1 &
 dockerd_pid=$!
 echo "$dockerd_pid" >"$cache/dockerd.pid"
 for _ in $(seq 1 120); do
@@ -329,8 +367,14 @@ mkdir -p "$work/certs"
 export CEMSPLIT_IMAGE=$image CEMSPLIT_CONFIG=$run_config CEMSPLIT_CERTS_DIR=$work/certs
 compose config -q || fail "docker-compose config rejected docker-compose.yml"
 # docker-compose is a Python program: unbuffered, its progress lines appear as they happen.
-PYTHONUNBUFFERED=1 timeout "$run_timeout" docker-compose -p "$project" run -T --rm reporter 2>&1 | tee "$work/compose-run.log" | sed 's/^/  /'
-run_status=${PIPESTATUS[0]}
+# Its pid goes to the cache, so that a later run can stop it if this script is killed.
+PYTHONUNBUFFERED=1 timeout "$run_timeout" docker-compose -p "$project" run -T --rm reporter \
+  > >(tee "$work/compose-run.log" | sed 's/^/  /') 2>&1 &
+compose_pid=$!
+echo "$compose_pid" >"$cache/compose.pid"
+wait "$compose_pid"
+run_status=$?
+rm -f "$cache/compose.pid"
 if [ "$run_status" -ne 0 ]; then
   echo "----- container states -----"
   compose ps 2>&1 | sed 's/^/  /'
