@@ -315,8 +315,12 @@ done
 # No default bridge, no iptables rules, no IP forwarding and no masquerading: the host's
 # network setup stays as it was, and the compose network (internal) has no route out.
 stop_stale_processes
-dockerd --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
-  --bridge none --iptables=false --ip-forward=false --ip-masq=false >"$work/dockerd.log" 2>&1 &
+# Its own configuration file keeps /etc/docker/daemon.json out, and moves the identity key that
+# dockerd 20.10 writes to /etc/docker/key.json into the temporary folder.
+echo "{\"deprecated-key-path\": \"$work/key.json\"}" >"$work/daemon.json"
+dockerd --config-file "$work/daemon.json" --host "$DOCKER_HOST" --data-root "$data_root" --exec-root "$work/exec" \
+  --pidfile "$work/dockerd.pid" --bridge none --iptables=false --ip-forward=false --ip-masq=false \
+  >"$work/dockerd.log" 2>&1 &
 dockerd_pid=$!
 echo "$dockerd_pid" >"$cache/dockerd.pid"
 for _ in $(seq 1 120); do
