@@ -18,7 +18,7 @@
 # copied to runs/docker-e2e/. Needs root. Environment:
 #   CEMSPLIT_DOCKER_CACHE   cache of the base image tarball, Debian packages, wheels and the
 #                           private dockerd's data root (default /var/cache/cemsplit-docker,
-#                           about 4.5 GB; delete it to reclaim the space)
+#                           about 4 GB; delete it to reclaim the space)
 #   CEMSPLIT_DEBIAN_MIRROR  Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #   CEMSPLIT_E2E_PYTHON     Python 3.11 that downloads the wheels (default .venv/bin/python,
 #                           else python3); bookworm's python3 is 3.11, so the wheels must match
