@@ -25,8 +25,8 @@ def check_health(address: str, service: str, timeout_s: float, config: RunConfig
     """
     name = service or "(process)"
 
-    # TODO: build this channel with the roles' TLS settings once the transport section has them;
-    # today every role serves plaintext, so a plaintext channel reaches all of them.
+    # TODO: build this channel with the roles' TLS settings once the transport section has them.
+    # Every role serves plaintext today, so a plaintext channel reaches all of them.
     channel = grpc.insecure_channel(address, options=channel_options(config.transport.max_message_mb))
     try:
         stub = health_pb2_grpc.HealthStub(channel)

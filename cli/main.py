@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_summary = "have a running attacker attack a finished client run and write report.json"
     report = commands.add_parser("report", help=report_summary, description=report_summary)
     report.add_argument(
-        "--run-dir", type=Path, required=True, help="run directory that holds the client's outputs in client/; the attacker must see it at the same path"
+        "--run-dir", type=Path, required=True, help="run directory that contains the client's outputs in client/; the attacker must see it at the same path"
     )
     report.add_argument("--attacker", required=True, metavar="HOST:PORT", help="address of the attacker that recorded the run's traffic")
     _add_common(report)

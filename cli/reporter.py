@@ -1,9 +1,9 @@
 """`cemsplit report`: have a running attacker attack a finished run's traffic, then write the report.
 
 This is the last step of a run whose roles were started separately (docker-compose, or one host
-per role). The run directory must hold the client's outputs under client/, and the attacker must
-see the run directory at the same path, because the attack request carries paths as the
-attacker reads them (in docker-compose one volume is mounted at /runs in every container).
+per role). The run directory must contain the client's outputs under client/. The attack
+request carries paths as the attacker reads them, so the attacker must see the run directory at
+the same path; docker-compose mounts one volume at /runs in every container for this.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ReportError(RuntimeError):
 def attack_request(config: RunConfig, run_dir: Path, session_id: str = "") -> attacker_pb2.AttackRequest:
     """Build the white-box attack request for the client outputs under run_dir/client.
 
-    An empty session_id asks the attacker for the most recent session it recorded.
+    An empty session_id requests the most recent session the attacker recorded.
     """
     return attacker_pb2.AttackRequest(
         threat="white-box",
