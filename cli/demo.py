@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import grpc
 
 from cemsplit.cli.processes import Child, RoleFailed, start_role, stop_children, wait_for_port_file
 from cemsplit.cli.report import print_summary, write_report
+from cemsplit.cli.reporter import ReportError, attack_requests, machine_description, request_attacks
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.security import open_channel
@@ -146,7 +145,7 @@ def run_demo(config: RunConfig, out: Path, threads: int = 0) -> int:
 
     stop_children(children)
     timing["total_s"] = time.monotonic() - started
-    report = write_report(out, config, client_summary, attacks, stats, timing, _machine())
+    report = write_report(out, config, client_summary, attacks, stats, timing, machine_description())
     print_summary(report)
     return 0
 
@@ -168,42 +167,14 @@ def _run_attacks(
 ) -> tuple[dict[str, dict[str, object]], attacker_pb2.RecorderStats]:
     """Ask the attacker to run each configured threat model; returns {threat: results} and its recording stats."""
     channel = open_channel(address, config.transport, channel_options(config.transport.max_message_mb))
-    snapshots = out / "server" / "snapshots"
-    results: dict[str, dict[str, object]] = {}
     try:
         wait_until_serving(channel, "", config.transport.connect_timeout_s, f"attacker {address}")
         stub = attacker_pb2_grpc.AttackerStub(channel)
-        for threat in config.attacker.threats:
-            request = attacker_pb2.AttackRequest(
-                threat=threat,
-                encoder_checkpoint=str(out / "client" / "encoder.pt"),
-                manifest=str(out / "client" / "manifest.jsonl"),
-                server_snapshot=str(snapshots) if snapshots.is_dir() else "",
-                noise_std=config.defense.noise_std,
-                out_dir=str(out / "attacker"),
-            )
-            future = stub.Attack.future(request, timeout=config.attacker.attack_timeout_s)
-            try:
-                _watch(children, future.done)
-                reply = future.result()
-            except grpc.RpcError as error:
-                raise RoleFailed(f"the {threat} attack failed ({error.code().name}): {error.details()}") from None
-            results[threat] = json.loads(reply.result_json)
-            print(f"  {threat} attack: MSE {reply.metrics['mse']:.5f}, SSIM {reply.metrics['ssim']:.4f} ({reply.seconds:.1f} s)", flush=True)
+        try:
+            results = request_attacks(stub, attack_requests(config, out), config.attacker.attack_timeout_s, lambda done: _watch(children, done))
+        except ReportError as error:
+            raise RoleFailed(str(error)) from None
         stats = stub.GetStats(attacker_pb2.StatsRequest(), timeout=config.transport.rpc_timeout_s)
         return results, stats
     finally:
         channel.close()
-
-
-def _machine() -> dict[str, object]:
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "grpc": grpc.__version__,
-    }

@@ -1,4 +1,4 @@
-"""`cemsplit` command: server, client, attacker, demo, attack and traffic subcommands."""
+"""`cemsplit` command: the roles, the demo, offline attacks, reports, sweeps and tools."""
 
 from __future__ import annotations
 
@@ -81,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, default=365, help="validity of the certificates in days (default: 365)")
     _add_common(certs)
+
+    report_summary = "have a running attacker attack a finished client run and write report.json"
+    report = commands.add_parser("report", help=report_summary, description=report_summary)
+    report.add_argument(
+        "--run-dir", type=Path, required=True, help="run directory that contains the client's outputs in client/; the attacker must see it at the same path"
+    )
+    report.add_argument("--attacker", required=True, metavar="HOST:PORT", help="address of the attacker that recorded the run's traffic")
+    _add_common(report)
+    add_config_flags(report, "report")
+
+    health_summary = "check a server or attacker through gRPC health checking; exit 0 when SERVING"
+    health = commands.add_parser("health", help=health_summary, description=health_summary)
+    health.add_argument("--address", required=True, metavar="HOST:PORT", help="address of the server or attacker to check")
+    health.add_argument(
+        "--service",
+        default="",
+        metavar="NAME",
+        help="service to check, for example cemsplit.v1.SplitLearning or cemsplit.v1.Attacker (default: the whole process)",
+    )
+    health.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="deadline of the check in seconds (default: 5)")
+    health.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity (default: WARNING)")
+    add_config_flags(health, "health")
     return parser
 
 
@@ -136,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cemsplit {args.command}: invalid configuration\n{error}", file=sys.stderr)
         return 2
 
+    if args.command == "health":
+        if args.timeout <= 0:
+            print(f"cemsplit health: --timeout {args.timeout} must be positive, for example 5", file=sys.stderr)
+            return 2
+        from cemsplit.cli.health import run_health
+
+        return run_health(config, args.address, args.service, args.timeout)
+
     if args.threads < 0:
         print(f"cemsplit {args.command}: --threads {args.threads} is negative; use 0 for torch's default", file=sys.stderr)
         return 2
@@ -146,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cemsplit.attacker.inputs import AttackInputError
     from cemsplit.attacker.traffic import TrafficError
+    from cemsplit.cli.reporter import ReportError
     from cemsplit.shared.errors import USER_ERRORS
 
     try:
@@ -175,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             from cemsplit.cli.attack import run_offline_attack
 
             return run_offline_attack(config, args)
+        if args.command == "report":
+            from cemsplit.cli.reporter import run_report
+
+            return run_report(config, args.run_dir, args.attacker)
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
-    except (*USER_ERRORS, AttackInputError, TrafficError) as error:
+    except (*USER_ERRORS, AttackInputError, ReportError, TrafficError) as error:
         log.error("%s", error)
         return 1
     raise AssertionError(f"unhandled command {args.command}")

@@ -211,6 +211,8 @@ ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
     "attacker": ("data", "model", "transport", "attacker", "traffic"),
     "demo": ("data", "model", "train", "defense", "transport", "attacker", "traffic"),
     "attack": ("data", "model", "defense", "attacker"),
+    "report": ("data", "model", "train", "defense", "transport", "attacker"),
+    "health": ("transport",),
 }
 
 
