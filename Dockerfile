@@ -49,8 +49,8 @@ COPY configs /etc/cemsplit/
 # The roles run as an unprivileged user. Named volumes mounted on these folders start with the
 # image's owner, so the user can write runs, checkpoints and the traffic log.
 RUN useradd --system --uid 10001 --user-group --home-dir /runs --no-create-home --shell /usr/sbin/nologin cemsplit \
-    && mkdir -p /runs/server/checkpoints /runs/client/checkpoints /runs/attacker/traffic \
-    && chown -R cemsplit:cemsplit /runs
+    && mkdir -p /runs/server/checkpoints /runs/client/checkpoints /runs/attacker/traffic /certs \
+    && chown -R cemsplit:cemsplit /runs /certs
 
 USER cemsplit
 WORKDIR /runs

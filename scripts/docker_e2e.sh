@@ -367,8 +367,8 @@ finish build
 # 6. Compose run -------------------------------------------------------------------------------------
 begin "running docker-compose: attacker, server, client, then reporter (config $run_config)"
 [ -f "$run_config" ] || fail "config file $run_config not found; set CEMSPLIT_E2E_CONFIG to a file in the repository"
-mkdir -p "$work/certs"
-export CEMSPLIT_IMAGE=$image CEMSPLIT_CONFIG=$run_config CEMSPLIT_CERTS_DIR=$work/certs
+# The certs service writes a development CA and certificates into the project's certs volume.
+export CEMSPLIT_IMAGE=$image CEMSPLIT_CONFIG=$run_config
 compose config -q || fail "docker-compose config rejected docker-compose.yml"
 # docker-compose is a Python program: unbuffered, its progress lines appear as they happen.
 # Its pid goes to the cache, so that a later run can stop it if this script is killed.

@@ -217,7 +217,15 @@ ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 # Settings a role decides itself: the demo picks free ports, so it offers no listen flags.
-HIDDEN_FLAGS = {("demo", "attacker", "listen"), ("demo", "attacker", "port_file")}
+HIDDEN_FLAGS = {
+    ("demo", "attacker", "listen"),
+    ("demo", "attacker", "port_file"),
+    # Offline attacks take --threat and run in this process: no listen address, port or deadline.
+    ("attack", "attacker", "listen"),
+    ("attack", "attacker", "port_file"),
+    ("attack", "attacker", "attack_timeout_s"),
+    ("attack", "attacker", "threats"),
+}
 
 
 def format_validation_error(error: ValidationError, source: str, sources: dict[tuple[str, ...], str] | None = None) -> str:

@@ -64,8 +64,8 @@ def test_compose_version_is_1_29():
 
 def test_compose_base_config_valid():
     config = resolved(BASE)
-    assert set(config["services"]) == set(ROLES)
-    assert set(config["volumes"]) == {"runs", "server-checkpoints", "client-checkpoints", "traffic"}
+    assert set(config["services"]) == {*ROLES, "certs"}
+    assert set(config["volumes"]) == {"certs", "runs", "server-checkpoints", "client-checkpoints", "traffic"}
     assert config["networks"]["default"]["internal"] is True
     for role in ROLES:
         service = config["services"][role]
@@ -87,6 +87,7 @@ def test_compose_health_checks_use_grpc():
 
 def test_compose_start_order():
     services = resolved(BASE)["services"]
+    assert services["attacker"]["depends_on"] == {"certs": {"condition": "service_completed_successfully"}}
     assert services["server"]["depends_on"] == {"attacker": {"condition": "service_healthy"}}
     assert services["client"]["depends_on"] == {"server": {"condition": "service_healthy"}}
     assert services["reporter"]["depends_on"] == {
@@ -105,11 +106,17 @@ def test_compose_volumes_and_certs():
     }
     for role in ROLES:
         volumes = services[role]["volumes"]
-        named = {volume for volume in volumes if not volume.startswith("/")}
+        named = {volume for volume in volumes if not volume.startswith("/") and not volume.startswith("certs:")}
         assert named == expected[role], role
-        assert f"{ROOT / 'certs'}:/certs:ro" in volumes, role
+        assert "certs:/certs:ro" in volumes, role
+        environment = services[role]["environment"]
+        assert environment["CEMSPLIT_TRANSPORT__TLS_CA"] == "/certs/ca.pem", role
+        assert environment["CEMSPLIT_TRANSPORT__TLS_CERT"] == "/certs/server.pem", role
+        assert "CEMSPLIT_TRANSPORT__INSECURE" not in environment, role
         assert f"{ROOT / 'configs' / 'demo.yaml'}:/etc/cemsplit/run.yaml:ro" in volumes, role
         assert option_value(services[role]["command"], "--config") == "/etc/cemsplit/run.yaml"
+    assert services["certs"]["volumes"] == ["certs:/certs:rw"]
+    assert "--host server --host attacker" in " ".join(services["certs"]["entrypoint"])
 
 
 def test_compose_environment_names_real_keys():
