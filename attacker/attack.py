@@ -12,6 +12,7 @@ from cemsplit.attacker.traffic import load_session_traffic
 from cemsplit.attacker.white_box import encode_images, load_encoder, reconstruct, train_decoder
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.manifest import read_manifest
 from cemsplit.shared.metrics import score_reconstructions
 
@@ -26,11 +27,11 @@ def run_white_box(
     traffic_dir: Path,
     encoder_path: Path,
     manifest_path: Path,
-    noise_std: float,
+    transform: TransmitTransform,
     out_dir: Path,
     session_id: str = "",
 ) -> dict[str, object]:
-    """Attack the last recorded epoch of a session with the white-box, noise-aware decoder.
+    """Attack the last recorded epoch of a session with the white-box, defence-aware decoder.
 
     The decoder is trained on the auxiliary split (train-time regime) and scored on the
     recorded training traffic of the final epoch, the one closest to the released encoder.
@@ -51,8 +52,8 @@ def run_white_box(
             f"encoder {encoder_path} produces features {list(aux_features.shape[1:])} but the traffic carries "
             f"{list(features.shape[1:])}; use the encoder of the recorded session"
         )
-    log.info("training the white-box decoder on %d auxiliary images (noise std %.4f)", len(aux_images), noise_std)
-    trained = train_decoder(aux_features, aux_images, noise_std, config.attacker, config.train.seed)
+    log.info("training the white-box decoder on %d auxiliary images under %s", len(aux_images), transform.describe())
+    trained = train_decoder(aux_features, aux_images, transform, config.attacker, config.train.seed)
 
     reconstructions = reconstruct(trained.decoder, features)
     scores = score_reconstructions(reconstructions, originals)
@@ -66,7 +67,7 @@ def run_white_box(
         "aux_images": len(aux_images),
         "decoder_train_mse": trained.final_loss,
         "decoder_seconds": trained.seconds,
-        "noise_std": noise_std,
+        "transmit": transform.describe(),
         "session_id": traffic.session_id,
         "grid": str(grid),
         "seconds": time.monotonic() - started,

@@ -10,6 +10,7 @@ from typing import Iterator
 import grpc
 
 from cemsplit.attacker.attack import THREATS, run_white_box
+from cemsplit.attacker.transmit import transmit_transform
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits
 from cemsplit.shared.traffic_log import TrafficLogWriter
@@ -63,8 +64,11 @@ class AttackerService(attacker_pb2_grpc.AttackerServicer):
         for field in ("encoder_checkpoint", "manifest", "out_dir"):
             if not getattr(request, field):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field} is missing; give a path as the attacker sees it")
-        if request.noise_std < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"noise_std {request.noise_std} is negative")
+        try:
+            transform = transmit_transform(request)
+        except ValueError as error:
+            log.warning("rejected a %s attack request: %s", request.threat, error)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
         with self._attack_lock:
             self.writer.flush()
@@ -76,7 +80,7 @@ class AttackerService(attacker_pb2_grpc.AttackerServicer):
                     self.traffic_dir,
                     Path(request.encoder_checkpoint),
                     Path(request.manifest),
-                    request.noise_std,
+                    transform,
                     Path(request.out_dir),
                     request.session_id,
                 )

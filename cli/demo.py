@@ -25,6 +25,7 @@ import grpc
 from cemsplit.cli.processes import Child, RoleFailed, start_role, stop_children, wait_for_port_file
 from cemsplit.cli.report import print_summary, write_report
 from cemsplit.shared.config import RunConfig, save_config
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.wire import channel_options
 from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
@@ -154,7 +155,7 @@ def _run_attack(config: RunConfig, address: str, out: Path, children: list[Child
             threat="white-box",
             encoder_checkpoint=str(out / "client" / "encoder.pt"),
             manifest=str(out / "client" / "manifest.jsonl"),
-            noise_std=config.defense.noise_std,
+            transmit=TransmitTransform.from_config(config.defense).to_message(),
             out_dir=str(out / "attacker"),
         )
         future = stub.Attack.future(request, timeout=config.attacker.attack_timeout_s)

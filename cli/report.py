@@ -101,12 +101,29 @@ def _markdown(report: dict) -> str:
         "",
         f"![originals above reconstructions]({report['files']['grid']})",
         "",
-        "| epoch | train loss | train accuracy | test accuracy | seconds |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {row['epoch']} | {row['train_loss']:.4f} | {row['train_accuracy']:.4f} | {row['test_accuracy']:.4f} | {row['seconds']:.1f} |"
-            for row in report["epochs"]
-        ],
+        *_epoch_table(report["epochs"]),
         "",
     ]
     return "\n".join(lines)
+
+
+# Per-epoch defence metrics shown in report.md when a run has them: (key, column, format).
+DEFENSE_COLUMNS = (
+    ("nopeek_loss", "NoPeek dCor", ".4f"),
+    ("cem_loss", "CEM loss", ".4f"),
+    ("cem_logdet", "CEM log-det", ".4f"),
+    ("cem_cluster_seconds", "clustering s", ".2f"),
+)
+
+
+def _epoch_table(epochs: list[dict]) -> list[str]:
+    extra = [column for column in DEFENSE_COLUMNS if any(column[0] in row for row in epochs)]
+    header = ["epoch", "train loss", "train accuracy", "test accuracy", *[title for _, title, _ in extra], "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in epochs:
+        cells = [str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.4f}", f"{row['test_accuracy']:.4f}"]
+        for key, _, style in extra:
+            cells.append(format(row[key], style) if key in row else "-")
+        cells.append(f"{row['seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
