@@ -1,8 +1,8 @@
 """Two-epoch runs of every defence across real server, attacker and client processes.
 
-One server and one attacker serve the whole module; each defence runs its own client session
-against them, then the attacker trains its decoder under the client's transmit transform. The
-recorded traffic shows that the transform happened on the wire.
+One server and one attacker serve the whole module. Each defence runs its own client session
+against them, and then the attacker trains its decoder under the client's transmit transform.
+The recorded traffic shows that the transform happened on the wire.
 """
 
 import json

@@ -227,8 +227,8 @@ def test_backward_equals_reference_two_pass_update(combine, lr):
     defense.backward(StepTensors(images, labels, features, transmitted, server_gradient, lr))
     # Compared as one vector: conv biases before batch norm have gradients of rounding size.
     got = torch.cat([parameter.grad.flatten() for parameter in parameters])
-    wanted = torch.cat([gradient.flatten() for gradient in expected])
-    assert float((got - wanted).norm() / wanted.norm()) < 1e-5
+    expected_flat = torch.cat([gradient.flatten() for gradient in expected])
+    assert float((got - expected_flat).norm() / expected_flat.norm()) < 1e-5
 
 
 def test_cem_inactive_until_first_clustering():
