@@ -37,6 +37,7 @@ from cemsplit.attacker.traffic import SessionTraffic, TrafficError, load_session
 from cemsplit.attacker.white_box import encode_images, load_encoder, reconstruct, train_decoder
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits, ImageSet
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.manifest import read_manifest
 from cemsplit.shared.snapshots import find_snapshot, load_server_half
 from cemsplit.shared.vgg import ClientNet, ServerNet, SplitSpec
@@ -99,19 +100,16 @@ def load_target(config: RunConfig, splits: DataSplits, inputs: AttackInputs) -> 
     return AttackTarget(traffic, joined, spec, encoder, server, splits.aux.floats().mean(0))
 
 
-def _noisy(features: torch.Tensor, noise_std: float, seed: int) -> torch.Tensor:
-    """Return features + sigma * eps with seeded eps ~ N(0, I), as the client's noise defence sends them."""
-    if noise_std == 0:
-        return features
-    generator = torch.Generator().manual_seed(seed)
-    return features + noise_std * torch.randn(features.shape, generator=generator)
+def _transmitted(features: torch.Tensor, transform: TransmitTransform, seed: int) -> torch.Tensor:
+    """Return the features as the client's defence would send them, with seeded randomness."""
+    return transform.apply(features, torch.Generator().manual_seed(seed))
 
 
 # Each threat function returns (reconstructions [N, C, H, W], the records they reconstruct, details).
 ThreatOutput = tuple[torch.Tensor, JoinedTraffic, dict]
 
 
-def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, noise_std: float, seed: int) -> ThreatOutput:
+def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, transform: TransmitTransform, seed: int) -> ThreatOutput:
     encoder = target.encoder
     test = splits.test
     cut = math.floor(config.attacker.inference_time_fraction * len(test))
@@ -122,16 +120,16 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, nois
         )
 
     aux_images = splits.aux.floats()
-    log.info("training the white-box decoder on %d auxiliary images (noise std %.4f)", len(aux_images), noise_std)
-    trained = train_decoder(encode_images(encoder, aux_images), aux_images, noise_std, config.attacker, seed)
+    log.info("training the white-box decoder on %d auxiliary images under %s", len(aux_images), transform.describe())
+    trained = train_decoder(encode_images(encoder, aux_images), aux_images, transform, config.attacker, seed)
     reconstructions = reconstruct(trained.decoder, target.joined.features)
 
     def score_regime(decoder, images: ImageSet) -> dict[str, object]:
         originals = images.floats()
-        features = _noisy(encode_images(encoder, originals), noise_std, seed + _SEED_REGIME_NOISE)
+        features = _transmitted(encode_images(encoder, originals), transform, seed + _SEED_REGIME_NOISE)
         return evaluate_reconstructions(
             reconstruct(decoder, features), originals, images.labels, target.mean_image,
-            encoder, target.server, noise_std, seed + _SEED_TARGET, config.attacker.accuracy_images,
+            encoder, target.server, transform, seed + _SEED_TARGET, config.attacker.accuracy_images,
         )
 
     train_time = {"trained_on": "aux", "train_images": len(aux_images), "tested_on": "test", **score_regime(trained.decoder, splits.test)}
@@ -140,7 +138,7 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, nois
     log.info("training the inference-time decoder on the first %d of %d test images", cut, len(test))
     first_images = first.floats()
     inference_decoder = train_decoder(
-        encode_images(encoder, first_images), first_images, noise_std, config.attacker, seed + _SEED_INFERENCE_DECODER
+        encode_images(encoder, first_images), first_images, transform, config.attacker, seed + _SEED_INFERENCE_DECODER
     )
     inference_time = {
         "trained_on": f"test[0:{cut}]",
@@ -160,12 +158,12 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, nois
     return reconstructions, target.joined, details
 
 
-def _shadow(config: RunConfig, splits: DataSplits, target: AttackTarget, noise_std: float, seed: int) -> ThreatOutput:
+def _shadow(config: RunConfig, splits: DataSplits, target: AttackTarget, transform: TransmitTransform, seed: int) -> ThreatOutput:
     aux_images = splits.aux.floats()
     log.info("training a stand-in encoder through the frozen server half on %d labelled auxiliary images", len(aux_images))
-    stand_in = train_stand_in(target.server, target.spec, aux_images, splits.aux.labels, noise_std, config.attacker, seed)
-    log.info("training the decoder on the stand-in encoder's features (noise std %.4f)", noise_std)
-    trained = train_decoder(encode_images(stand_in.encoder, aux_images), aux_images, noise_std, config.attacker, seed)
+    stand_in = train_stand_in(target.server, target.spec, aux_images, splits.aux.labels, transform, config.attacker, seed)
+    log.info("training the decoder on the stand-in encoder's features under %s", transform.describe())
+    trained = train_decoder(encode_images(stand_in.encoder, aux_images), aux_images, transform, config.attacker, seed)
     details = {
         "aux_images": len(aux_images),
         "stand_in_train_loss": stand_in.final_loss,
@@ -177,7 +175,7 @@ def _shadow(config: RunConfig, splits: DataSplits, target: AttackTarget, noise_s
     return reconstruct(trained.decoder, target.joined.features), target.joined, details
 
 
-def _rmle(config: RunConfig, splits: DataSplits, target: AttackTarget, noise_std: float, seed: int) -> ThreatOutput:
+def _rmle(config: RunConfig, splits: DataSplits, target: AttackTarget, transform: TransmitTransform, seed: int) -> ThreatOutput:
     settings = config.attacker
     joined = target.joined.head(settings.rmle_images)
     log.info(
@@ -231,10 +229,10 @@ def run_attack(
         threat, len(target.joined.features), target.traffic.session_id, target.traffic.epochs[0],
     )
 
-    reconstructions, joined, details = _THREAT_FUNCTIONS[threat](config, splits, target, inputs.noise_std, seed)
+    reconstructions, joined, details = _THREAT_FUNCTIONS[threat](config, splits, target, inputs.transform, seed)
     scores = evaluate_reconstructions(
         reconstructions, joined.images, joined.labels, target.mean_image, target.encoder, target.server,
-        inputs.noise_std, seed + _SEED_TARGET, config.attacker.accuracy_images,
+        inputs.transform, seed + _SEED_TARGET, config.attacker.accuracy_images,
     )
     key = report_key(threat)
     grid = save_grid(joined.images, reconstructions, out_dir / f"{key}.png", config.attacker.grid_images)
@@ -244,7 +242,8 @@ def run_attack(
         **scores,
         "scored_epoch": target.traffic.epochs[0],
         "unmatched_steps": joined.unmatched,
-        "noise_std": inputs.noise_std,
+        "noise_std": inputs.transform.noise_std,
+        "transmit": inputs.transform.describe(),
         "session_id": target.traffic.session_id,
         **details,
         "grid": str(grid),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.metrics import per_image_mse, score_reconstructions
 from cemsplit.shared.vgg import ClientNet, ServerNet
 
@@ -14,14 +15,14 @@ def target_accuracy(
     server: ServerNet,
     images: torch.Tensor,
     labels: torch.Tensor,
-    noise_std: float,
+    transform: TransmitTransform,
     seed: int,
     batch_size: int = 500,
 ) -> float:
-    """Return the top-1 accuracy of the target model (client encoder, noise, server half) on images.
+    """Return the top-1 accuracy of the target model (client encoder, defence, server half) on images.
 
-    The model runs as the client evaluates it: both halves in eval mode and Gaussian noise of
-    sigma noise_std on the features (seeded, so repeated calls agree).
+    The model runs as the client evaluates it: both halves in eval mode and the client's
+    transmit transform on the features (seeded, so repeated calls agree).
 
     Args:
         images: [N, C, H, W] in [0, 1]; labels: [N] true classes.
@@ -31,9 +32,7 @@ def target_accuracy(
     generator = torch.Generator().manual_seed(seed)
     correct = 0
     for start in range(0, len(images), batch_size):
-        features = encoder(images[start:start + batch_size])
-        if noise_std > 0:
-            features = features + noise_std * torch.randn(features.shape, generator=generator)
+        features = transform.apply(encoder(images[start:start + batch_size]), generator)
         correct += int((server(features).argmax(1) == labels[start:start + batch_size]).sum())
     return correct / len(images)
 
@@ -45,7 +44,7 @@ def evaluate_reconstructions(
     mean_image: torch.Tensor,
     encoder: ClientNet | None,
     server: ServerNet | None,
-    noise_std: float,
+    transform: TransmitTransform,
     seed: int,
     accuracy_images: int,
 ) -> dict[str, object]:
@@ -69,8 +68,8 @@ def evaluate_reconstructions(
 
     if encoder is not None and server is not None:
         count = min(accuracy_images, len(originals))
-        scores["target_accuracy"] = target_accuracy(encoder, server, reconstructions[:count], labels[:count], noise_std, seed)
-        scores["target_accuracy_originals"] = target_accuracy(encoder, server, originals[:count], labels[:count], noise_std, seed)
+        scores["target_accuracy"] = target_accuracy(encoder, server, reconstructions[:count], labels[:count], transform, seed)
+        scores["target_accuracy_originals"] = target_accuracy(encoder, server, originals[:count], labels[:count], transform, seed)
         scores["target_accuracy_images"] = count
     else:
         scores["target_accuracy"] = None

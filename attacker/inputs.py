@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.traffic_log import LogPosition
 
 THREATS = ("white-box", "shadow", "rmle")
@@ -47,7 +48,8 @@ class AttackInputs:
 
     traffic_end: where to stop reading a log that a live writer is still appending to.
     epoch: training epoch whose traffic is reconstructed; 0 takes the last recorded one.
-    noise_std: sigma of the client's Gaussian noise, known to a noise-aware attacker.
+    transform: the client's transmit transform (noise, dropout, top-k), known to a
+        defence-aware attacker.
     """
 
     traffic_dir: Path
@@ -56,7 +58,7 @@ class AttackInputs:
     server_snapshot: Path | None = None
     session_id: str = ""
     epoch: int = 0
-    noise_std: float = 0.0
+    transform: TransmitTransform = field(default_factory=TransmitTransform)
     traffic_end: LogPosition | None = None
 
 
@@ -74,8 +76,6 @@ def check_inputs(threat: str, inputs: AttackInputs, names: dict[str, str] = COMM
         raise AttackInputError(f"threat {threat!r} is not supported; use one of {', '.join(THREATS)}")
     if inputs.epoch < 0:
         raise AttackInputError(f"epoch {inputs.epoch} is negative; pass 0 for the last recorded epoch")
-    if inputs.noise_std < 0:
-        raise AttackInputError(f"noise_std {inputs.noise_std} is negative")
 
     missing = []
     for field in ("traffic_dir", "manifest", *REQUIRED_INPUTS[threat]):

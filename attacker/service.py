@@ -12,6 +12,7 @@ import grpc
 
 from cemsplit.attacker.attack import numeric_metrics, run_attack
 from cemsplit.attacker.inputs import AttackInputError, AttackInputs, check_inputs
+from cemsplit.attacker.transmit import transmit_transform
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits
 from cemsplit.shared.traffic_log import TrafficLogWriter
@@ -75,9 +76,13 @@ class AttackerService(attacker_pb2_grpc.AttackerServicer):
             server_snapshot=Path(request.server_snapshot) if request.server_snapshot else None,
             session_id=request.session_id,
             epoch=request.epoch,
-            noise_std=request.noise_std,
         )
         session = request.session_id or "(latest)"
+        try:
+            inputs.transform = transmit_transform(request)
+        except ValueError as error:
+            log.warning("%s attack on session %s rejected: %s", request.threat, session, error)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if not request.out_dir:
             log.warning("%s attack on session %s rejected: out_dir is missing", request.threat, session)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "out_dir is missing; give a directory as the attacker sees it")

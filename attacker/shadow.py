@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cemsplit.shared.config import AttackConfig
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.progress import Progress
 from cemsplit.shared.vgg import ClientNet, ServerNet, SplitSpec
 
@@ -45,7 +46,7 @@ def train_stand_in(
     spec: SplitSpec,
     images: torch.Tensor,
     labels: torch.Tensor,
-    noise_std: float,
+    transform: TransmitTransform,
     config: AttackConfig,
     seed: int,
 ) -> StandInResult:
@@ -57,7 +58,7 @@ def train_stand_in(
         spec: the split the session announced; the stand-in has its client architecture.
         images: labelled auxiliary images [N, C, H, W] in [0, 1].
         labels: their classes [N].
-        noise_std: sigma of the Gaussian noise added to the stand-in's features, as the client does.
+        transform: the client's transmit transform, applied to the stand-in's features as the client does.
         config: shadow_epochs, shadow_lr and decoder_batch_size (the batch size) are used.
         seed: seed of initialisation, shuffling and noise.
     """
@@ -79,9 +80,7 @@ def train_stand_in(
             batch = order[start:start + batch_size]
             if len(batch) < 2:
                 continue  # batch norm cannot train on one sample
-            features = encoder(images[batch])
-            if noise_std > 0:
-                features = features + noise_std * torch.randn(features.shape, generator=generator)
+            features = transform.apply(encoder(images[batch]), generator)
             logits = server(features)
             loss = nn.functional.cross_entropy(logits, labels[batch])
             optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,9 @@
 """White-box, noise-aware inversion: the attack used to evaluate CEM and ResSFL.
 
 The attacker holds the trained client encoder and auxiliary data from the same distribution.
-It trains a decoder from noisy encoder features to images (the noise has the client's sigma),
-then applies the decoder to the recorded traffic.
+It trains a decoder from transformed encoder features to images (the client's transmit
+transform: its noise, dropout or top-k pruning), then applies the decoder to the recorded
+traffic.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from cemsplit.shared.config import AttackConfig
 from cemsplit.shared.decoder import InversionDecoder
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.vgg import ClientNet
 
 log = logging.getLogger(__name__)
@@ -40,19 +42,22 @@ def encode_images(encoder: ClientNet, images: torch.Tensor, batch_size: int = 51
 def train_decoder(
     features: torch.Tensor,
     images: torch.Tensor,
-    noise_std: float,
+    transform: TransmitTransform | float,
     config: AttackConfig,
     seed: int,
 ) -> DecoderResult:
-    """Train an inversion decoder on (features + noise, image) pairs.
+    """Train an inversion decoder on (transformed features, image) pairs.
 
     Args:
         features: clean encoder features [N, C, H, W].
         images: the matching images [N, C_x, H_x, W_x] in [0, 1].
-        noise_std: sigma of the Gaussian noise added to the features at every step.
+        transform: the client's transmit transform, drawn anew at every step; a float is the
+            sigma of Gaussian noise alone.
         config: decoder epochs, batch size, learning rate and weight decay.
         seed: seed of initialisation, shuffling and noise.
     """
+    if not isinstance(transform, TransmitTransform):
+        transform = TransmitTransform.gaussian(float(transform))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     decoder = InversionDecoder(tuple(features.shape[1:]), tuple(images.shape[1:]), blocks=config.decoder_blocks)
@@ -70,8 +75,8 @@ def train_decoder(
         for index, start in enumerate(range(0, len(features), config.decoder_batch_size), start=1):
             batch = order[start:start + config.decoder_batch_size]
             inputs = features[batch]
-            if noise_std > 0:
-                inputs = inputs + noise_std * torch.randn(inputs.shape, generator=generator)
+            if not transform.is_identity:
+                inputs = transform.apply(inputs, generator)
             loss = nn.functional.mse_loss(decoder(inputs), images[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,6 +19,7 @@ from cemsplit.attacker.inputs import THREATS, AttackInputError, AttackInputs, ch
 from cemsplit.cli.report import attack_rows, attack_section, format_rows
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import load_splits
+from cemsplit.shared.defenses.transmit import TransmitTransform
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def run_offline_attack(config: RunConfig, args: argparse.Namespace) -> int:
         server_snapshot=args.server_snapshot,
         session_id=args.session,
         epoch=args.epoch,
-        noise_std=config.defense.noise_std,
+        transform=TransmitTransform.from_config(config.defense),
     )
     for threat in threats:
         check_inputs(threat, inputs)
@@ -96,7 +97,7 @@ def run_offline_attack(config: RunConfig, args: argparse.Namespace) -> int:
             "manifest": str(args.manifest),
             "encoder": str(args.encoder) if args.encoder else None,
             "server_snapshot": str(args.server_snapshot) if args.server_snapshot else None,
-            "noise_std": config.defense.noise_std,
+            "transmit": inputs.transform.describe(),
         },
     )
     temporary = report_path.with_name(f".{report_path.name}.tmp")

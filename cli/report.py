@@ -13,8 +13,9 @@ from cemsplit.v1 import attacker_pb2
 # One sentence per threat model for report.md.
 THREAT_DESCRIPTIONS = {
     "white_box": (
-        "White-box, noise-aware: the attacker holds the trained client encoder and the auxiliary images; a decoder "
-        "trained on their noisy features reconstructs the recorded traffic. In the train-time regime the same decoder "
+        "White-box, defence-aware: the attacker holds the trained client encoder and the auxiliary images; a decoder "
+        "trained on their features, transformed as the client transforms what it sends (noise, dropout or top-k "
+        "pruning), reconstructs the recorded traffic. In the train-time regime the same decoder "
         "(trained on the auxiliary split, which stands in for training data) is tested on the test split; in the "
         "inference-time regime a second decoder is trained on the first part of the test split and tested on the rest."
     ),
@@ -171,12 +172,29 @@ def _markdown(report: dict) -> str:
         *[f"| {name} | {value} |" for name, value in _summary_rows(report)],
         "",
         *attack_markdown(report["attack"]),
-        "| epoch | train loss | train accuracy | test accuracy | seconds |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {row['epoch']} | {row['train_loss']:.4f} | {row['train_accuracy']:.4f} | {row['test_accuracy']:.4f} | {row['seconds']:.1f} |"
-            for row in report["epochs"]
-        ],
+        *_epoch_table(report["epochs"]),
         "",
     ]
     return "\n".join(lines)
+
+
+# Per-epoch defence metrics shown in report.md when a run has them: (key, column, format).
+DEFENSE_COLUMNS = (
+    ("nopeek_loss", "NoPeek dCor", ".4f"),
+    ("cem_loss", "CEM loss", ".4f"),
+    ("cem_logdet", "CEM log-det", ".4f"),
+    ("cem_cluster_seconds", "clustering s", ".2f"),
+)
+
+
+def _epoch_table(epochs: list[dict]) -> list[str]:
+    extra = [column for column in DEFENSE_COLUMNS if any(column[0] in row for row in epochs)]
+    header = ["epoch", "train loss", "train accuracy", "test accuracy", *[title for _, title, _ in extra], "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in epochs:
+        cells = [str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.4f}", f"{row['test_accuracy']:.4f}"]
+        for key, _, style in extra:
+            cells.append(format(row[key], style) if key in row else "-")
+        cells.append(f"{row['seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

@@ -20,6 +20,7 @@ import grpc
 
 from cemsplit.cli.report import print_summary, write_report
 from cemsplit.shared.config import RunConfig, save_config
+from cemsplit.shared.defenses.transmit import TransmitTransform
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.security import open_channel
 from cemsplit.shared.wire import channel_options
@@ -42,6 +43,7 @@ def attack_requests(config: RunConfig, run_dir: Path, session_id: str = "") -> l
     session the attacker recorded.
     """
     snapshots = run_dir / "server" / "snapshots"
+    transform = TransmitTransform.from_config(config.defense)
     return [
         attacker_pb2.AttackRequest(
             threat=threat,
@@ -49,7 +51,7 @@ def attack_requests(config: RunConfig, run_dir: Path, session_id: str = "") -> l
             encoder_checkpoint=str(run_dir / "client" / "encoder.pt"),
             manifest=str(run_dir / "client" / "manifest.jsonl"),
             server_snapshot=str(snapshots) if snapshots.is_dir() else "",
-            noise_std=config.defense.noise_std,
+            transmit=transform.to_message(),
             out_dir=str(run_dir / "attacker"),
         )
         for threat in config.attacker.threats

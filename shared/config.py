@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cemsplit.shared.wire import DEFAULT_ATTACKER_PORT, DEFAULT_MAX_MESSAGE_MB, DEFAULT_SERVER_PORT
 
 ThreatName = Literal["white-box", "shadow", "rmle"]
 FsyncPolicyName = Literal["always", "interval", "never"]
 DatasetName = Literal["mnist5k", "sklearn-digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "svhn", "image-folder"]
-DefenseName = Literal["none", "noise"]
 WireDType = Literal["float32", "float16", "bfloat16"]
 
 
@@ -79,14 +78,122 @@ class TrainConfig(Section):
     seed: int = Field(125, ge=0, description="seed of weights, shuffling and noise")
 
 
+# Parts a defence is built from; `defense` joins them with "+", for example "nopeek+cem".
+# The order here is the canonical order of a defence name.
+DEFENSE_COMPONENTS: tuple[str, ...] = ("nopeek", "dropout", "topk", "noise", "laplace", "cem")
+
+DEFENSE_HELP = (
+    "client defence: none, or parts joined by '+' from: noise (Gaussian, sigma = noise_std), "
+    "laplace (Laplacian noise with standard deviation noise_std), dropout (dropout_rate), "
+    "topk (top-k pruning, topk_ratio), nopeek (distance-correlation loss, nopeek_weight), "
+    "cem (CEM loss, cem_weight, with Gaussian noise). CEM combines with nopeek, dropout and topk, "
+    "for example nopeek+cem"
+)
+
+
+def parse_defense_name(name: str) -> tuple[str, ...]:
+    """Split a defence name into its parts in canonical order; "none" has no parts.
+
+    "cem" includes Gaussian noise, so "noise+cem" is the same defence as "cem".
+
+    Raises:
+        ValueError: an unknown part, a repeated part or "none" combined with a part.
+    """
+    text = name.strip().lower()
+    if text == "none":
+        return ()
+    parts = [part.strip() for part in text.split("+")]
+    unknown = [part for part in parts if part not in DEFENSE_COMPONENTS]
+    if unknown:
+        raise ValueError(
+            f"defense {name!r} has unknown part(s) {unknown}; use none or parts joined by '+' from {list(DEFENSE_COMPONENTS)}"
+        )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"defense {name!r} repeats a part; name each part once")
+    chosen = set(parts)
+    if "cem" in chosen:
+        chosen.discard("noise")
+    return tuple(part for part in DEFENSE_COMPONENTS if part in chosen)
+
+
 class DefenseConfig(Section):
-    defense: DefenseName = Field("none", description="client defence")
-    noise_std: float = Field(0.0, ge=0, le=10, description="standard deviation sigma of the Gaussian noise added to the transmitted features; 0 sends them unchanged")
+    """Client defence. Symbols: noise_std is sigma, cem_weight lambda, var_threshold tau, num_clusters K."""
+
+    defense: str = Field("none", description=DEFENSE_HELP)
+    noise_std: float = Field(
+        0.0, ge=0, le=10,
+        description="standard deviation sigma of the noise added to the transmitted features (same units as the features); "
+        "needed by noise, laplace and cem, 0 otherwise",
+    )
+    dropout_rate: float = Field(0.2, gt=0, lt=1, description="probability that dropout zeroes a transmitted feature entry; kept entries are scaled by 1/(1 - rate)")
+    topk_ratio: float = Field(0.5, gt=0, lt=1, description="share of feature entries per sample that top-k pruning keeps (largest magnitudes); the rest are sent as 0")
+    nopeek_weight: float = Field(1.0, gt=0, le=1000, description="weight alpha of the NoPeek distance correlation between images and features in the client loss")
+    cem_weight: float = Field(
+        16.0, ge=0, le=1000,
+        description="weight lambda of the CEM loss; 0 keeps the per-epoch clustering and its log-det diagnostic but adds no loss",
+    )
+    var_threshold: float = Field(
+        0.125, gt=0, le=100,
+        description="CEM hinge threshold tau: a cluster stops shrinking once its variance is below tau * noise_std^2",
+    )
+    num_clusters: Optional[int] = Field(
+        None, ge=1, le=256, description="CEM clusters K per class; default 5 when the client ends in a sigmoid, else 15",
+    )
+    cem_combine: Literal["separate", "fused"] = Field(
+        "separate",
+        description="how the CEM loss joins the task loss: separate scales its gradient by lambda * s(lr) with "
+        "s(lr) = 0.001/lr for lr >= 4.1e-4, else 1; fused adds lambda * CEM loss",
+    )
+    cem_mode: Literal["hinge", "plain"] = Field(
+        "hinge", description="CEM loss per cluster: hinge = pi * relu(log(v + 0.01) - log(tau * sigma^2 + 0.01)); plain = pi * (v + 0.001)",
+    )
+    cem_clustering: Literal["kmeans", "gmm"] = Field(
+        "kmeans", description="per-class clustering: kmeans (isotropic variance per cluster) or gmm (scikit-learn diagonal Gaussian mixture)",
+    )
+    cem_max_iter: int = Field(50, ge=1, le=10_000, description="maximum Lloyd (kmeans) or EM (gmm) iterations of each per-epoch clustering")
+
+    @field_validator("defense")
+    @classmethod
+    def _normalise_defense(cls, value: str) -> str:
+        parts = parse_defense_name(value)
+        return "+".join(parts) if parts else "none"
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """Parts of the defence in canonical order; () for none."""
+        return parse_defense_name(self.defense)
+
+    @property
+    def gaussian_noise(self) -> bool:
+        """Whether Gaussian noise of noise_std is added to the transmitted features."""
+        return "noise" in self.components or "cem" in self.components
 
     @model_validator(mode="after")
-    def _check_noise(self) -> "DefenseConfig":
-        if self.defense == "noise" and self.noise_std == 0:
-            raise ValueError("defense 'noise' needs noise_std > 0; set --noise-std, for example 0.025")
+    def _check_combination(self) -> "DefenseConfig":
+        parts = set(self.components)
+        if {"noise", "laplace"} <= parts:
+            raise ValueError(f"defense {self.defense!r} adds two kinds of noise; choose noise or laplace")
+        if {"dropout", "topk"} <= parts:
+            raise ValueError(f"defense {self.defense!r} masks the features twice; choose dropout or topk")
+        if {"laplace", "cem"} <= parts:
+            raise ValueError(
+                f"defense {self.defense!r} is invalid: CEM's bound and hinge assume Gaussian noise, and cem adds it; "
+                "drop laplace or cem"
+            )
+        if "cem" in parts and self.noise_std == 0:
+            raise ValueError(
+                f"defense {self.defense!r} needs noise_std > 0 because CEM shrinks each class's clusters relative to the "
+                "noise variance sigma^2 (its hinge stops at var_threshold * sigma^2), and without noise nothing hides "
+                "what is left; set --noise-std, for example 0.025"
+            )
+        for part, kind in (("noise", "Gaussian"), ("laplace", "Laplacian")):
+            if part in parts and self.noise_std == 0:
+                raise ValueError(f"defense {self.defense!r} needs noise_std > 0 to add {kind} noise; set --noise-std, for example 0.025")
+        if self.noise_std > 0 and not parts & {"noise", "laplace", "cem"}:
+            raise ValueError(
+                f"noise_std {self.noise_std} is set but defense {self.defense!r} adds no noise; "
+                "add noise, laplace or cem to --defense, or set --noise-std 0"
+            )
         return self
 
 

@@ -64,7 +64,7 @@ def test_demo_end_to_end(tmp_path):
     assert len((out / "client" / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "client" / "encoder.pt").is_file()
     assert (out / "attacker" / "white_box.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list((out / "server" / "checkpoints").glob("server-*.pt"))
+    assert list((out / "server" / "checkpoints").glob("*/step-*.pt"))
     assert list((out / "server" / "snapshots").glob(f"server-{report['session_id']}-epoch-0002.pt"))
     assert "| test accuracy |" in (out / "report.md").read_text()
     assert "test accuracy" in result.stdout

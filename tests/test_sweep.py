@@ -15,7 +15,7 @@ from cemsplit.cli.sweep_report import pareto_front
 from cemsplit.shared.config import ConfigError, RunConfig
 
 SMALL = ["--train-limit", "256", "--test-limit", "100", "--aux-limit", "128", "--epochs", "1", "--decoder-epochs", "1", "--batch-size", "64", "--threads", "1"]
-GRID = ["--grid", "defense=none,noise", "--grid", "noise_std=0.05"]
+GRID = ["--grid", "defense=noise,laplace", "--grid", "noise_std=0.05"]
 
 
 def sweep(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -40,10 +40,13 @@ def test_grid_keys_and_values():
 def test_invalid_combinations_are_skipped():
     runs, skipped = plan_runs([parse_axis("defense=none,noise"), parse_axis("noise_std=0,0.05")], RunConfig())
     names = [run.name for run in runs]
-    assert names == ["defense-none__noise_std-0", "defense-none__noise_std-0.05", "defense-noise__noise_std-0.05"]
-    assert len(skipped) == 1
-    assert skipped[0]["settings"] == {"defense.defense": "noise", "defense.noise_std": 0}
-    assert "needs noise_std > 0" in skipped[0]["reason"]
+    assert names == ["defense-none__noise_std-0", "defense-noise__noise_std-0.05"]
+    assert [entry["settings"] for entry in skipped] == [
+        {"defense.defense": "none", "defense.noise_std": 0.05},
+        {"defense.defense": "noise", "defense.noise_std": 0},
+    ]
+    assert "adds no noise" in skipped[0]["reason"]
+    assert "needs noise_std > 0" in skipped[1]["reason"]
 
 
 def test_pareto_front():
@@ -60,12 +63,12 @@ def test_local_sweep_writes_results_and_resumes(tmp_path):
     assert "2 runs (0 finished earlier, 2 to run)" in first.stdout
 
     data = json.loads((out / "sweep.json").read_text())
-    assert sorted(row["run"] for row in data["runs"]) == ["defense-noise__noise_std-0.05", "defense-none__noise_std-0.05"]
+    assert sorted(row["run"] for row in data["runs"]) == ["defense-laplace__noise_std-0.05", "defense-noise__noise_std-0.05"]
     for row in data["runs"]:
         assert 0 <= row["test_accuracy"] <= 1
         assert row["white_box_mse"] > 0
     assert (out / "sweep.csv").read_text().startswith("run,defense,noise_std,")
-    for name in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png", "grids/none.png", "grids/noise.png"):
+    for name in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png", "grids/laplace.png", "grids/noise.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     report = (out / "sweep.md").read_text()
     assert "![accuracy_vs_mse.png](accuracy_vs_mse.png)" in report

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cemsplit.v1 import defense_pb2 as cemsplit_dot_v1_dot_defense__pb2
 from cemsplit.v1 import split_pb2 as cemsplit_dot_v1_dot_split__pb2
 from cemsplit.v1 import tensor_pb2 as cemsplit_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x65msplit/v1/attacker.proto\x12\x0b\x63\x65msplit.v1\x1a\x17\x63\x65msplit/v1/split.proto\x1a\x18\x63\x65msplit/v1/tensor.proto\"r\n\x0cSessionStart\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.cemsplit.v1.ModelSpec\x12&\n\nwire_dtype\x18\x02 \x01(\x0e\x32\x12.cemsplit.v1.DType\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"\xa1\x01\n\x10\x41\x63tivationRecord\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12!\n\x05phase\x18\x03 \x01(\x0e\x32\x12.cemsplit.v1.Phase\x12(\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x05 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\"\xab\x01\n\rTrafficRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x03\x12\x32\n\rsession_start\x18\x03 \x01(\x0b\x32\x19.cemsplit.v1.SessionStartH\x00\x12\x34\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x1d.cemsplit.v1.ActivationRecordH\x00\x42\x06\n\x04\x62ody\"!\n\rRecordSummary\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"B\n\rRecorderStats\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08rejected\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"\xad\x01\n\rAttackRequest\x12\x0e\n\x06threat\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65ncoder_checkpoint\x18\x03 \x01(\t\x12\x10\n\x08manifest\x18\x04 \x01(\t\x12\x11\n\tnoise_std\x18\x05 \x01(\x01\x12\x0f\n\x07out_dir\x18\x06 \x01(\t\x12\x17\n\x0fserver_snapshot\x18\n \x01(\t\x12\r\n\x05\x65poch\x18\x0b \x01(\x05\"\xd5\x01\n\x0b\x41ttackReply\x12\x0e\n\x06threat\x18\x01 \x01(\t\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.cemsplit.v1.AttackReply.MetricsEntry\x12\x15\n\rimages_scored\x18\x03 \x01(\x04\x12\x11\n\tgrid_path\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x13\n\x0bresult_json\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*3\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x45VAL\x10\x02\x32\xd1\x01\n\x08\x41ttacker\x12\x42\n\x06Record\x12\x1a.cemsplit.v1.TrafficRecord\x1a\x1a.cemsplit.v1.RecordSummary(\x01\x12\x41\n\x08GetStats\x12\x19.cemsplit.v1.StatsRequest\x1a\x1a.cemsplit.v1.RecorderStats\x12>\n\x06\x41ttack\x12\x1a.cemsplit.v1.AttackRequest\x1a\x18.cemsplit.v1.AttackReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x65msplit/v1/attacker.proto\x12\x0b\x63\x65msplit.v1\x1a\x19\x63\x65msplit/v1/defense.proto\x1a\x17\x63\x65msplit/v1/split.proto\x1a\x18\x63\x65msplit/v1/tensor.proto\"r\n\x0cSessionStart\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.cemsplit.v1.ModelSpec\x12&\n\nwire_dtype\x18\x02 \x01(\x0e\x32\x12.cemsplit.v1.DType\x12\x13\n\x0b\x63lient_name\x18\x03 \x01(\t\"\xa1\x01\n\x10\x41\x63tivationRecord\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12!\n\x05phase\x18\x03 \x01(\x0e\x32\x12.cemsplit.v1.Phase\x12(\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\x12#\n\x06labels\x18\x05 \x01(\x0b\x32\x13.cemsplit.v1.Tensor\"\xab\x01\n\rTrafficRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x02 \x01(\x03\x12\x32\n\rsession_start\x18\x03 \x01(\x0b\x32\x19.cemsplit.v1.SessionStartH\x00\x12\x34\n\x0b\x61\x63tivations\x18\x04 \x01(\x0b\x32\x1d.cemsplit.v1.ActivationRecordH\x00\x42\x06\n\x04\x62ody\"!\n\rRecordSummary\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x0e\n\x0cStatsRequest\"B\n\rRecorderStats\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08rejected\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"\xdf\x01\n\rAttackRequest\x12\x0e\n\x06threat\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1a\n\x12\x65ncoder_checkpoint\x18\x03 \x01(\t\x12\x10\n\x08manifest\x18\x04 \x01(\t\x12\x11\n\tnoise_std\x18\x05 \x01(\x01\x12\x0f\n\x07out_dir\x18\x06 \x01(\t\x12\x30\n\x08transmit\x18\x07 \x01(\x0b\x32\x1e.cemsplit.v1.TransmitTransform\x12\x17\n\x0fserver_snapshot\x18\n \x01(\t\x12\r\n\x05\x65poch\x18\x0b \x01(\x05\"\xd5\x01\n\x0b\x41ttackReply\x12\x0e\n\x06threat\x18\x01 \x01(\t\x12\x36\n\x07metrics\x18\x02 \x03(\x0b\x32%.cemsplit.v1.AttackReply.MetricsEntry\x12\x15\n\rimages_scored\x18\x03 \x01(\x04\x12\x11\n\tgrid_path\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x13\n\x0bresult_json\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*3\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x45VAL\x10\x02\x32\xd1\x01\n\x08\x41ttacker\x12\x42\n\x06Record\x12\x1a.cemsplit.v1.TrafficRecord\x1a\x1a.cemsplit.v1.RecordSummary(\x01\x12\x41\n\x08GetStats\x12\x19.cemsplit.v1.StatsRequest\x1a\x1a.cemsplit.v1.RecorderStats\x12>\n\x06\x41ttack\x12\x1a.cemsplit.v1.AttackRequest\x1a\x18.cemsplit.v1.AttackReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +36,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ATTACKREPLY_METRICSENTRY']._loaded_options = None
   _globals['_ATTACKREPLY_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_PHASE']._serialized_start=1059
-  _globals['_PHASE']._serialized_end=1110
-  _globals['_SESSIONSTART']._serialized_start=94
-  _globals['_SESSIONSTART']._serialized_end=208
-  _globals['_ACTIVATIONRECORD']._serialized_start=211
-  _globals['_ACTIVATIONRECORD']._serialized_end=372
-  _globals['_TRAFFICRECORD']._serialized_start=375
-  _globals['_TRAFFICRECORD']._serialized_end=546
-  _globals['_RECORDSUMMARY']._serialized_start=548
-  _globals['_RECORDSUMMARY']._serialized_end=581
-  _globals['_STATSREQUEST']._serialized_start=583
-  _globals['_STATSREQUEST']._serialized_end=597
-  _globals['_RECORDERSTATS']._serialized_start=599
-  _globals['_RECORDERSTATS']._serialized_end=665
-  _globals['_ATTACKREQUEST']._serialized_start=668
-  _globals['_ATTACKREQUEST']._serialized_end=841
-  _globals['_ATTACKREPLY']._serialized_start=844
-  _globals['_ATTACKREPLY']._serialized_end=1057
-  _globals['_ATTACKREPLY_METRICSENTRY']._serialized_start=1011
-  _globals['_ATTACKREPLY_METRICSENTRY']._serialized_end=1057
-  _globals['_ATTACKER']._serialized_start=1113
-  _globals['_ATTACKER']._serialized_end=1322
+  _globals['_PHASE']._serialized_start=1136
+  _globals['_PHASE']._serialized_end=1187
+  _globals['_SESSIONSTART']._serialized_start=121
+  _globals['_SESSIONSTART']._serialized_end=235
+  _globals['_ACTIVATIONRECORD']._serialized_start=238
+  _globals['_ACTIVATIONRECORD']._serialized_end=399
+  _globals['_TRAFFICRECORD']._serialized_start=402
+  _globals['_TRAFFICRECORD']._serialized_end=573
+  _globals['_RECORDSUMMARY']._serialized_start=575
+  _globals['_RECORDSUMMARY']._serialized_end=608
+  _globals['_STATSREQUEST']._serialized_start=610
+  _globals['_STATSREQUEST']._serialized_end=624
+  _globals['_RECORDERSTATS']._serialized_start=626
+  _globals['_RECORDERSTATS']._serialized_end=692
+  _globals['_ATTACKREQUEST']._serialized_start=695
+  _globals['_ATTACKREQUEST']._serialized_end=918
+  _globals['_ATTACKREPLY']._serialized_start=921
+  _globals['_ATTACKREPLY']._serialized_end=1134
+  _globals['_ATTACKREPLY_METRICSENTRY']._serialized_start=1088
+  _globals['_ATTACKREPLY_METRICSENTRY']._serialized_end=1134
+  _globals['_ATTACKER']._serialized_start=1190
+  _globals['_ATTACKER']._serialized_end=1399
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from cemsplit.v1 import defense_pb2 as _defense_pb2
 from cemsplit.v1 import split_pb2 as _split_pb2
 from cemsplit.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
@@ -75,13 +76,14 @@ class RecorderStats(_message.Message):
     def __init__(self, received: _Optional[int] = ..., rejected: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class AttackRequest(_message.Message):
-    __slots__ = ("threat", "session_id", "encoder_checkpoint", "manifest", "noise_std", "out_dir", "server_snapshot", "epoch")
+    __slots__ = ("threat", "session_id", "encoder_checkpoint", "manifest", "noise_std", "out_dir", "transmit", "server_snapshot", "epoch")
     THREAT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ENCODER_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     OUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    TRANSMIT_FIELD_NUMBER: _ClassVar[int]
     SERVER_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     threat: str
@@ -90,9 +92,10 @@ class AttackRequest(_message.Message):
     manifest: str
     noise_std: float
     out_dir: str
+    transmit: _defense_pb2.TransmitTransform
     server_snapshot: str
     epoch: int
-    def __init__(self, threat: _Optional[str] = ..., session_id: _Optional[str] = ..., encoder_checkpoint: _Optional[str] = ..., manifest: _Optional[str] = ..., noise_std: _Optional[float] = ..., out_dir: _Optional[str] = ..., server_snapshot: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, threat: _Optional[str] = ..., session_id: _Optional[str] = ..., encoder_checkpoint: _Optional[str] = ..., manifest: _Optional[str] = ..., noise_std: _Optional[float] = ..., out_dir: _Optional[str] = ..., transmit: _Optional[_Union[_defense_pb2.TransmitTransform, _Mapping]] = ..., server_snapshot: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class AttackReply(_message.Message):
     __slots__ = ("threat", "metrics", "images_scored", "grid_path", "seconds", "result_json")
