@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 
 from cemsplit.client.trainer import ClientError, SplitClient
@@ -14,11 +16,25 @@ log = logging.getLogger(__name__)
 
 
 def run(config: RunConfig, run_dir: Path) -> int:
-    """Train the client half and write its outputs to run_dir; returns the exit status."""
+    """Train the client half and write its outputs to run_dir; returns the exit status.
+
+    SIGTERM stops the run after the current step with both halves checkpointed (exit status 0);
+    running the same command again continues it.
+    """
     try:
-        summary = SplitClient(config, run_dir).run()
+        client = SplitClient(config, run_dir)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: _stop(client))
+        summary = client.run()
     except (ClientError, DataError, CheckpointError, TimeoutError) as error:
         log.error("%s", error)
         return 1
+    if summary.get("stopped"):
+        return 0
     log.info("finished %d steps; final test accuracy %.4f", summary["steps"], summary["test_accuracy"])
     return 0
+
+
+def _stop(client: SplitClient) -> None:
+    log.info("stopping: finishing the current step, then checkpointing")
+    client.request_stop()

@@ -2,6 +2,15 @@
 
 The defence (cemsplit.shared.defenses) decides what is sent, adds its client losses to the
 backward pass and runs its per-epoch updates; this loop only calls it.
+
+Restarts lose nothing. Calls that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
+backoff; a retried step is answered from the server's record, not applied twice. Every
+`train.checkpoint_every` steps and at every epoch end the client asks the server to checkpoint
+the step and checkpoints its own half (cemsplit.client.checkpoints). When the server no longer
+knows the session (it restarted), or when the client itself starts again on the same run
+directory, the client reopens the session with the steps it holds, the server answers with the
+newest step both halves hold, and the client rewinds to it. A stop request (SIGTERM) finishes
+the current step, checkpoints both halves and returns.
 """
 
 from __future__ import annotations
@@ -9,19 +18,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
 import grpc
 import torch
 
+from cemsplit.client.checkpoints import ClientCheckpoints, Position
 from cemsplit.shared import codec
-from cemsplit.shared.checkpoint import save_checkpoint
+from cemsplit.shared.checkpoint import CheckpointError, load_state_strict, save_checkpoint, write_private_atomic
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits, augment_batch, load_splits
 from cemsplit.shared.defenses import StepTensors, build_defense
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.manifest import ManifestWriter
+from cemsplit.shared.retry import RetriesExhausted, RetryPolicy, call_with_retry
 from cemsplit.shared.schedule import learning_rate
 from cemsplit.shared.security import open_channel
 from cemsplit.shared.specs import model_spec_message, split_spec, training_spec_message
@@ -33,9 +45,20 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = split_pb2.DESCRIPTOR.services_by_name["SplitLearning"].full_name
 
+# Config sections that shape the training; a run resumes only with the same values.
+RESUME_SECTIONS = ("data", "model", "train", "defense")
+
 
 class ClientError(RuntimeError):
     """A failure of the client run that the user can act on; the message says how."""
+
+
+class SessionLost(RuntimeError):
+    """The server no longer knows the session, for example after a restart; the client resumes it."""
+
+
+class StopRequested(RuntimeError):
+    """A stop was requested while the client waited for the server."""
 
 
 def encoder_state(encoder: ClientNet, spec: SplitSpec) -> dict[str, object]:
@@ -43,6 +66,28 @@ def encoder_state(encoder: ClientNet, spec: SplitSpec) -> dict[str, object]:
     spec_fields = dataclasses.asdict(spec)
     spec_fields["input_shape"] = list(spec.input_shape)
     return {"encoder": encoder.state_dict(), "spec": spec_fields}
+
+
+def resume_settings(config: RunConfig) -> dict[str, object]:
+    """Return the settings a continued run must share with the run it continues."""
+    settings = {section: getattr(config, section).model_dump(mode="json") for section in RESUME_SECTIONS}
+    settings["wire_dtype"] = config.transport.wire_dtype
+    return settings
+
+
+def _settings_differences(saved: dict[str, object], current: dict[str, object]) -> list[str]:
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [
+                f"{key}.{field} {old.get(field)!r} -> {new.get(field)!r}"
+                for field in sorted(set(old) | set(new))
+                if old.get(field) != new.get(field)
+            ]
+        elif old != new:
+            differences.append(f"{key} {old!r} -> {new!r}")
+    return differences
 
 
 class SplitClient:
@@ -73,8 +118,21 @@ class SplitClient:
         )
         self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1)
         self.wire_dtype = codec.wire_dtype_from_name(config.transport.wire_dtype)
+        transport = config.transport
+        self.retry = RetryPolicy(transport.retry_initial_backoff_s, transport.retry_max_backoff_s, transport.retry_max_elapsed_s)
+        self.checkpoints = ClientCheckpoints(self.run_dir / "checkpoints", config.client.keep_checkpoints)
+        self.position = Position()
         self.session_id = ""
-        self.step = 0
+        self._stop = threading.Event()
+
+    @property
+    def step(self) -> int:
+        """The last step applied by both halves."""
+        return self.position.step
+
+    def request_stop(self) -> None:
+        """Ask the run to stop after the current step, with both halves checkpointed; safe in a signal handler."""
+        self._stop.set()
 
     # -- Connection -----------------------------------------------------------------------------
 
@@ -84,21 +142,85 @@ class SplitClient:
         self.channel = open_channel(address, self.config.transport, channel_options(self.config.transport.max_message_mb))
         wait_until_serving(self.channel, SERVICE_NAME, self.config.transport.connect_timeout_s, f"server {address}")
         stub = split_pb2_grpc.SplitLearningStub(self.channel)
-        request = split_pb2.OpenSessionRequest(
+        reply = self._open(stub, self._open_request())
+        self.session_id = reply.session_id
+        log.info("opened session %s on %s", self.session_id, address)
+        return stub
+
+    def _open_request(self, resume_session_id: str = "", resume_steps: list[int] | None = None) -> split_pb2.OpenSessionRequest:
+        return split_pb2.OpenSessionRequest(
             protocol_version=PROTOCOL_VERSION,
             client_name=self.config.client.name,
             model=model_spec_message(self.spec),
             training=training_spec_message(self.config.train),
             wire_dtype=self.wire_dtype,
             max_batch_size=max(self.config.train.batch_size, self.config.train.eval_batch_size),
+            resume_session_id=resume_session_id,
+            resume_steps=resume_steps or [],
         )
+
+    def _open(self, stub: split_pb2_grpc.SplitLearningStub, request: split_pb2.OpenSessionRequest) -> split_pb2.OpenSessionReply:
+        address = self.config.client.server
         try:
-            reply = stub.OpenSession(request, timeout=self.config.transport.rpc_timeout_s)
+            return call_with_retry(
+                lambda: stub.OpenSession(request, timeout=self.config.transport.rpc_timeout_s), "OpenSession", self.retry, sleep=self._sleep
+            )
+        except RetriesExhausted as error:
+            raise ClientError(f"server {address}: {error}") from None
         except grpc.RpcError as error:
             raise ClientError(f"server {address} rejected the session ({error.code().name}): {error.details()}") from None
-        self.session_id = reply.session_id
-        log.info("opened session %s on %s", self.session_id, address)
-        return stub
+
+    def _resume(self, stub: split_pb2_grpc.SplitLearningStub, session_id: str) -> None:
+        """Reopen session_id on the server and rewind both halves to the newest step both hold."""
+        steps = self.checkpoints.steps()
+        try:
+            reply = self._open(stub, self._open_request(session_id, steps))
+        except ClientError as error:
+            raise ClientError(
+                f"{error}; the client's checkpoints in {self.checkpoints.directory} belong to that session: "
+                "to start over, choose a new --run-dir or move that directory away"
+            ) from None
+        self.session_id = session_id
+        self._restore(self.checkpoints.load(reply.last_durable_step))
+        log.info(
+            "resumed session %s at step %d (epoch %d, batch %d); the client held steps %s",
+            session_id, self.position.step, self.position.epoch, self.position.batch, steps,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait between retries; a stop request ends the wait."""
+        if self._stop.wait(seconds):
+            raise StopRequested(f"stop requested while retrying a call to {self.config.client.server}")
+
+    # -- Checkpoints ----------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        state = encoder_state(self.encoder, self.spec)
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            defense=self.defense.state_dict(),
+            position=self.position.to_state(),
+            session_id=self.session_id,
+            settings=resume_settings(self.config),
+        )
+        path = self.checkpoints.save(state, self.position.step)
+        log.debug("saved checkpoint %s", path)
+
+    def _restore(self, state: dict[str, object]) -> None:
+        path = self.checkpoints.path(int(state["position"]["step"]))  # type: ignore[index]
+        differences = _settings_differences(state["settings"], resume_settings(self.config))  # type: ignore[arg-type]
+        if differences:
+            raise ClientError(
+                f"checkpoint {path} was written with other settings ({'; '.join(differences)}); "
+                "resume with the settings of that run, or choose a new --run-dir"
+            )
+        load_state_strict(self.encoder, state["encoder"], path)  # type: ignore[arg-type]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+            self.defense.load_state_dict(state["defense"])  # type: ignore[arg-type]
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {path} does not fit this client: {error}") from None
+        self.position = Position.from_state(state["position"])  # type: ignore[arg-type]
 
     # -- Training -------------------------------------------------------------------------------
 
@@ -113,16 +235,26 @@ class SplitClient:
         return batches
 
     def train_epoch(self, stub: split_pb2_grpc.SplitLearningStub, epoch: int, manifest: ManifestWriter) -> dict[str, float]:
-        """Run one epoch of split training; returns mean loss and accuracy on the training data."""
+        """Run the batches of one epoch from self.position on; returns mean loss and accuracy on the training data.
+
+        Stops early, with self.position at the last applied step, when a stop is requested.
+        """
         train = self.config.train
+        position = self.position
+        if position.epoch != epoch or position.epoch_done:
+            self.position = position = Position(epoch=epoch, step=position.step)
         rate = learning_rate(train.lr, train.lr_milestones, train.lr_gamma, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         augment_generator = torch.Generator().manual_seed(train.seed * 1000 + epoch + 7)
+        if position.augment_state is not None:
+            augment_generator.set_state(position.augment_state)
 
         self.encoder.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for index in self._batches(epoch):
+        batches = self._batches(epoch)
+        for index in batches[position.batch:]:
+            if self._stop.is_set():
+                break
             images = self.splits.train.floats(index)
             labels = self.splits.train.labels[index]
             if self.config.data.augment:
@@ -130,15 +262,18 @@ class SplitClient:
 
             features = self.encoder(images)
             transmitted = self.defense.transmit(features)
-            self.step += 1
+            step = position.step + 1
+            last = position.batch + 1 == len(batches)
+            checkpoint = last or (train.checkpoint_every > 0 and step % train.checkpoint_every == 0)
             request = split_pb2.TrainRequest(
                 session_id=self.session_id,
-                step=self.step,
+                step=step,
                 epoch=epoch,
                 activations=codec.encode(transmitted, self.wire_dtype, self.config.transport.compress),
                 labels=codec.encode(labels),
+                checkpoint=checkpoint,
             )
-            reply = self._call(stub.TrainStep, request, "TrainStep")
+            reply = self._call(stub.TrainStep, request, f"TrainStep {step}")
             gradient = codec.decode(reply.gradient, "gradient")
             if gradient.shape != transmitted.shape:
                 raise ClientError(f"server returned a gradient of shape {list(gradient.shape)} for activations {list(transmitted.shape)}")
@@ -146,12 +281,20 @@ class SplitClient:
             self.optimizer.zero_grad(set_to_none=True)
             self.defense.backward(StepTensors(images, labels, features, transmitted, gradient, rate))
             self.optimizer.step()
-            manifest.write(self.session_id, self.step, epoch, self.splits.train.ids[index].tolist())
+            manifest.write(self.session_id, step, epoch, self.splits.train.ids[index].tolist())
 
-            loss_sum += reply.loss * len(index)
-            correct += reply.correct
-            seen += len(index)
-        return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "lr": rate}
+            position.step = step
+            position.batch += 1
+            position.loss_sum += reply.loss * len(index)
+            position.correct += reply.correct
+            position.seen += len(index)
+            position.augment_state = augment_generator.get_state()
+            if checkpoint:
+                manifest.flush()
+                self._save_checkpoint()
+
+        seen = max(position.seen, 1)
+        return {"train_loss": position.loss_sum / seen, "train_accuracy": position.correct / seen, "lr": rate}
 
     @torch.no_grad()
     def encode_training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,44 +332,130 @@ class SplitClient:
         return {"test_loss": loss_sum / len(test), "test_accuracy": correct / len(test)}
 
     def _call(self, method, request, name: str):
+        """Make one call with retries; NOT_FOUND for our session raises SessionLost."""
         try:
-            return method(request, timeout=self.config.transport.rpc_timeout_s)
+            return call_with_retry(lambda: method(request, timeout=self.config.transport.rpc_timeout_s), name, self.retry, sleep=self._sleep)
+        except RetriesExhausted as error:
+            raise ClientError(f"server {self.config.client.server}: {error}") from None
         except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND and self.session_id:
+                raise SessionLost(f"{name}: the server does not know session {self.session_id} ({error.details()})") from None
             raise ClientError(
                 f"{name} failed at step {self.step} of session {self.session_id} ({error.code().name}): {error.details()}"
             ) from None
 
+    # -- The run --------------------------------------------------------------------------------
+
     def run(self) -> dict[str, object]:
-        """Train for the configured epochs, evaluating every epoch; returns the run summary."""
+        """Train for the configured epochs, evaluating every epoch; returns the run summary.
+
+        Continues the run checkpointed in run_dir, if any. After a stop request the summary
+        has "stopped": True and no summary.json is written.
+        """
         started = time.monotonic()
-        stub = self.connect()
-        metrics_path = self.run_dir / "metrics.jsonl"
-        manifest = ManifestWriter(self.run_dir / "manifest.jsonl")
-        history = []
+        saved = self.checkpoints.newest()
+        if saved is not None:
+            session_id, _, position = saved
+            if not self.config.client.resume:
+                raise ClientError(
+                    f"{self.checkpoints.directory} holds checkpoints of session {session_id} and client.resume is false; "
+                    "choose a new --run-dir, or set --resume true to continue that run"
+                )
+            if position.completed_epochs >= self.config.train.epochs:
+                raise ClientError(
+                    f"{self.run_dir} already holds a finished run of {position.completed_epochs} epochs (session {session_id}); "
+                    "choose a new --run-dir"
+                )
+        address = self.config.client.server
+        self.channel = open_channel(address, self.config.transport, channel_options(self.config.transport.max_message_mb))
         try:
-            with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-                for epoch in range(1, self.config.train.epochs + 1):
-                    epoch_started = time.monotonic()
-                    row: dict[str, object] = {"epoch": epoch, "step": self.step}
-                    row.update(self.train_epoch(stub, epoch, manifest))
-                    train_seconds = time.monotonic() - epoch_started
-                    row.update(self.defense.epoch_metrics())
-                    if self.defense.needs_epoch_update:
-                        row.update(self.defense.end_epoch(epoch, self.encode_training_data))
-                    row.update(self.evaluate(stub))
-                    row.update(step=self.step, train_seconds=train_seconds, seconds=time.monotonic() - epoch_started)
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    manifest.flush()
-                    self._checkpoint(epoch)
-                    history.append(row)
-                    log.info(
-                        "epoch %d/%d: train loss %.4f, train acc %.4f, test acc %.4f (%.1f s)",
-                        epoch, self.config.train.epochs, row["train_loss"], row["train_accuracy"], row["test_accuracy"], row["seconds"],
-                    )
+            return self._run(started, None if saved is None else saved[0])
+        finally:
+            self.channel.close()
+
+    def _run(self, started: float, resume_session_id: str | None) -> dict[str, object]:
+        epochs = self.config.train.epochs
+        address = self.config.client.server
+        wait_until_serving(self.channel, SERVICE_NAME, self.config.transport.connect_timeout_s, f"server {address}")
+        stub = split_pb2_grpc.SplitLearningStub(self.channel)
+        if resume_session_id is None:
+            self.session_id = self._open(stub, self._open_request()).session_id
+            log.info("opened session %s on %s", self.session_id, address)
+        else:
+            self._resume(stub, resume_session_id)
+
+        history = self._rewind_metrics()
+        manifest = ManifestWriter(self.run_dir / "manifest.jsonl")
+        try:
+            while self.position.completed_epochs < epochs and not self._stop.is_set():
+                try:
+                    history.append(self._run_epoch(stub, manifest))
+                except SessionLost as lost:
+                    log.warning("%s; resuming from the newest step both halves hold", lost)
+                    self._resume(stub, self.session_id)
+                    history = self._rewind_metrics()
+                except StopRequested as stop:
+                    log.info("%s", stop)
         finally:
             manifest.close()
 
+        if self._stop.is_set():
+            return self._stop_run(stub)
+        return self._finish(stub, history, started)
+
+    def _run_epoch(self, stub: split_pb2_grpc.SplitLearningStub, manifest: ManifestWriter) -> dict[str, object]:
+        """Train the rest of the current epoch, run its end and checkpoint; returns its metrics row."""
+        epoch = self.position.completed_epochs + 1
+        epoch_started = time.monotonic()
+        row: dict[str, object] = {"epoch": epoch}
+        row.update(self.train_epoch(stub, epoch, manifest))
+        if self._stop.is_set():
+            raise StopRequested("stop requested during training")
+        train_seconds = time.monotonic() - epoch_started
+        row.update(self.defense.epoch_metrics())
+        if self.defense.needs_epoch_update:
+            row.update(self.defense.end_epoch(epoch, self.encode_training_data))
+        row.update(self.evaluate(stub))
+        row.update(step=self.step, train_seconds=train_seconds, seconds=time.monotonic() - epoch_started)
+
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics_file:
+            metrics_file.write(json.dumps(row) + "\n")
+        self.position.epoch_done = True
+        self._save_checkpoint()
+        log.info(
+            "epoch %d/%d: train loss %.4f, train acc %.4f, test acc %.4f (%.1f s)",
+            epoch, self.config.train.epochs, row["train_loss"], row["train_accuracy"], row["test_accuracy"], row["seconds"],
+        )
+        return row
+
+    def _rewind_metrics(self) -> list[dict[str, object]]:
+        """Keep the metrics rows of the epochs that self.position has completed; returns them."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines]
+        kept = [row for row in rows if row.get("epoch", 0) <= self.position.completed_epochs]
+        if len(kept) != len(rows):
+            write_private_atomic(path, "".join(json.dumps(row) + "\n" for row in kept).encode("utf-8"))
+            log.info("dropped the metrics of %d epoch(s) past step %d from %s", len(rows) - len(kept), self.step, path)
+        return kept
+
+    def _stop_run(self, stub: split_pb2_grpc.SplitLearningStub) -> dict[str, object]:
+        """Checkpoint the client at the current step and ask the server to do the same by closing the session."""
+        if self.step == 0:
+            log.info("stopped before the first step; nothing to checkpoint")
+            return {"session_id": self.session_id, "steps": 0, "stopped": True}
+        self._save_checkpoint()
+        request = split_pb2.CloseSessionRequest(session_id=self.session_id, flush_timeout_s=10.0)
+        try:
+            stub.CloseSession(request, timeout=30.0)
+        except grpc.RpcError as error:
+            log.warning("the server did not checkpoint step %d (%s); a resumed run rewinds to an older step", self.step, error.code().name)
+        log.info("stopped at step %d of session %s; run the same command again to resume", self.step, self.session_id)
+        return {"session_id": self.session_id, "steps": self.step, "stopped": True}
+
+    def _finish(self, stub: split_pb2_grpc.SplitLearningStub, history: list[dict[str, object]], started: float) -> dict[str, object]:
         close = self._call(stub.CloseSession, split_pb2.CloseSessionRequest(session_id=self.session_id, flush_timeout_s=30.0), "CloseSession")
         save_checkpoint(encoder_state(self.encoder, self.spec), self.run_dir / "encoder.pt")
         summary = {
@@ -240,12 +469,4 @@ class SplitClient:
             "epochs": history,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        self.channel.close()
         return summary
-
-    def _checkpoint(self, epoch: int) -> None:
-        state = encoder_state(self.encoder, self.spec)
-        state.update(
-            optimizer=self.optimizer.state_dict(), defense=self.defense.state_dict(), epoch=epoch, step=self.step, session_id=self.session_id
-        )
-        save_checkpoint(state, self.run_dir / "checkpoints" / "client-last.pt")

@@ -2,7 +2,9 @@
 
 Records wait in a bounded queue and a background thread streams them to the attacker's Record
 call. A full queue drops new records instead of blocking training; the drop is counted and
-logged. When the attacker is down the thread reconnects with exponential backoff and jitter.
+logged. When the attacker is down the thread waits for it with exponential backoff and jitter
+while records stay queued, and a flush drops what is queued instead of waiting for an attacker
+that does not answer.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class AttackerMirror:
         self._flush_requested = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
+        self._reachable = True
         self._counter_lock = threading.Lock()
         self._drop_log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="attacker-mirror", daemon=True)
@@ -79,6 +82,10 @@ class AttackerMirror:
         self._flush_requested.set()
         with self._idle:
             while not (self._queue.empty() and not self._busy):
+                if not self._reachable and not self._busy:
+                    dropped = self._drop_queued()
+                    log.warning("attacker %s is unreachable; dropped %d queued records", self.address, dropped)
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -93,9 +100,35 @@ class AttackerMirror:
         if self._open_channel is not None:
             self._open_channel.close()
 
+    def _drop_queued(self) -> int:
+        """Drop every queued record and count it; returns how many."""
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            dropped += 1
+        with self._counter_lock:
+            self.dropped += dropped
+        return dropped
+
+    def _wait_until_reachable(self, timeout_s: float) -> bool:
+        try:
+            grpc.channel_ready_future(self._channel()).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
     def _run(self) -> None:
         backoff = BACKOFF_INITIAL_S
         while not self._stop.is_set():
+            if not self._reachable:
+                if not self._wait_until_reachable(backoff * random.uniform(0.5, 1.5)):
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                log.info("attacker %s is reachable again", self.address)
+                self._reachable = True
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -107,8 +140,7 @@ class AttackerMirror:
                 if self._stream([first]):
                     backoff = BACKOFF_INITIAL_S
                 else:
-                    time.sleep(backoff * random.uniform(0.5, 1.5))
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    self._reachable = False
             finally:
                 with self._idle:
                     self._busy = False
@@ -120,34 +152,51 @@ class AttackerMirror:
         return self._open_channel
 
     def _stream(self, first: list[attacker_pb2.TrafficRecord]) -> bool:
-        """Send `first` and then queued records over one Record call; True when it succeeded."""
+        """Send `first` and then queued records over one Record call; True when it succeeded.
+
+        gRPC reads the records from its own thread, which may still be taking a record from the
+        queue when the call fails; `ended` makes that record count as lost, not vanish.
+        """
         pending = list(first)
         yielded = 0
+        ended = False
+        lock = threading.Lock()
 
         def records():
             nonlocal yielded
             started = time.monotonic()
             while True:
-                while pending:
-                    record = pending.pop(0)
-                    yielded += 1
+                while True:
+                    with lock:
+                        if ended or not pending:
+                            break
+                        record = pending.pop(0)
+                        yielded += 1
                     yield record
-                if self._stop.is_set() or time.monotonic() - started > STREAM_MAX_S:
+                if ended or self._stop.is_set() or time.monotonic() - started > STREAM_MAX_S:
                     return
                 wait_s = 0.05 if self._flush_requested.is_set() else STREAM_IDLE_S
                 try:
-                    pending.append(self._queue.get(timeout=wait_s))
+                    record = self._queue.get(timeout=wait_s)
                 except queue.Empty:
                     return
+                with lock:
+                    if ended:
+                        with self._counter_lock:
+                            self.dropped += 1
+                        return
+                    pending.append(record)
 
         try:
             summary = attacker_pb2_grpc.AttackerStub(self._channel()).Record(records(), timeout=STREAM_MAX_S + 60)
         except grpc.RpcError as error:
-            lost = yielded + len(pending)
+            with lock:
+                ended = True
+                lost = yielded + len(pending)
             with self._counter_lock:
                 self.dropped += lost
             self._drop_log.warning(
-                "stream to attacker %s failed (%s: %s); %d records lost, retrying with backoff",
+                "stream to attacker %s failed (%s: %s); %d records lost, waiting for the attacker with backoff",
                 self.address, error.code().name, error.details(), lost,
             )
             self._open_channel.close()

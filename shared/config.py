@@ -76,6 +76,9 @@ class TrainConfig(Section):
     lr_milestones: list[int] = Field(default_factory=lambda: [3, 4], description="epochs after which the learning rate is multiplied by lr_gamma")
     lr_gamma: float = Field(0.2, gt=0, le=1, description="learning-rate factor at each milestone")
     seed: int = Field(125, ge=0, description="seed of weights, shuffling and noise")
+    checkpoint_every: int = Field(
+        50, ge=0, le=10_000_000, description="steps between checkpoints of both halves, on top of one at every epoch end; 0 checkpoints at epoch ends only"
+    )
 
 
 # Parts a defence is built from; `defense` joins them with "+", for example "nopeek+cem".
@@ -250,6 +253,10 @@ class ServerConfig(Section):
 class ClientConfig(Section):
     server: str = Field(f"127.0.0.1:{DEFAULT_SERVER_PORT}", description="host:port of the split-learning server")
     name: str = Field("client", min_length=1, max_length=128, description="client name sent to the server")
+    keep_checkpoints: int = Field(3, ge=1, le=1000, description="client checkpoints kept in <run-dir>/checkpoints, newest first")
+    resume: bool = Field(
+        True, description="continue the run whose checkpoints are in <run-dir>/checkpoints; false refuses to start while any are there"
+    )
 
 
 class AttackConfig(Section):

@@ -28,14 +28,14 @@ TINY = [
 class RoleProcess:
     """A cemsplit role running as a child process, with its log in a file."""
 
-    def __init__(self, role: str, args: list[str], workdir: Path) -> None:
+    def __init__(self, role: str, args: list[str], workdir: Path, listen: str = "127.0.0.1:0") -> None:
         self.role = role
         self.log_path = workdir / f"{role}.log"
         self.port_file = workdir / f"{role}.port"
         self.port_file.unlink(missing_ok=True)
         port_flag = {"server": "--server-port-file", "attacker": "--attacker-port-file"}.get(role)
         listen_flag = {"server": "--server-listen", "attacker": "--attacker-listen"}.get(role)
-        extra = [listen_flag, "127.0.0.1:0", port_flag, str(self.port_file)] if port_flag else []
+        extra = [listen_flag, listen, port_flag, str(self.port_file)] if port_flag else []
         command = [sys.executable, "-m", "cemsplit.cli", role, "--run-dir", str(workdir / role), *extra, *args]
         with open(self.log_path, "ab") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -102,3 +102,10 @@ def pid_alive(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state != "Z"
+
+
+def newest_client_checkpoint(client_run_dir: Path) -> Path:
+    """Return the client's newest step checkpoint in a client run directory."""
+    paths = sorted((client_run_dir / "checkpoints").glob("client-step-*.pt"))
+    assert paths, f"no client checkpoints in {client_run_dir / 'checkpoints'}"
+    return paths[-1]

@@ -22,7 +22,7 @@ from cemsplit.shared.defenses import TransmitTransform
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
-from conftest import RoleProcess
+from conftest import RoleProcess, newest_client_checkpoint
 
 # 160 training digits in batches of 32: 5 steps per epoch.
 TRAIN_IMAGES = 160
@@ -143,7 +143,7 @@ def test_two_epochs_with_defense(name, services, tmp_path):
         for row in rows:
             assert math.isfinite(row["cem_logdet"])
             assert row["cem_cluster_seconds"] >= 0
-        state = load_checkpoint(tmp_path / "client" / "checkpoints" / "client-last.pt", required_keys=("defense",))
+        state = load_checkpoint(newest_client_checkpoint(tmp_path / "client"), required_keys=("defense",))
         clusters = state["defense"]["losses"]["cem"]["clusters"]
         clusters_per_class = config.defense.num_clusters
         assert clusters["centroids"].shape == (10, clusters_per_class, FEATURE_ENTRIES)

@@ -102,11 +102,13 @@ class ClientDefense:
         return any(type(client_loss).end_epoch is not ClientLoss.end_epoch for client_loss in self.losses)
 
     def state_dict(self) -> dict[str, object]:
-        """Return the state to checkpoint: the noise generator and each loss's state."""
+        """Return the state to checkpoint: the noise generator, each loss's state and the epoch's loss sums."""
         return {
             "name": self.name,
             "generator": self.generator.get_state(),
             "losses": {client_loss.name: client_loss.state_dict() for client_loss in self.losses},
+            "epoch_sums": dict(self._sums),
+            "epoch_counts": dict(self._counts),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -114,6 +116,8 @@ class ClientDefense:
         if state.get("name") != self.name:
             raise ValueError(f"the checkpoint's defence is {state.get('name')!r} but this client runs {self.name!r}; use the same --defense")
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
+        self._sums = defaultdict(float, state.get("epoch_sums", {}))  # type: ignore[arg-type]
+        self._counts = defaultdict(int, state.get("epoch_counts", {}))  # type: ignore[arg-type]
         losses = state.get("losses", {})
         for client_loss in self.losses:
             client_loss.load_state_dict(losses.get(client_loss.name, {}))  # type: ignore[union-attr]
