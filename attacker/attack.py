@@ -38,6 +38,7 @@ from cemsplit.attacker.white_box import encode_images, load_encoder, reconstruct
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits, ImageSet
 from cemsplit.shared.defenses.transmit import TransmitTransform
+from cemsplit.shared.device import resolve_device
 from cemsplit.shared.manifest import read_manifest
 from cemsplit.shared.snapshots import find_snapshot, load_server_half
 from cemsplit.shared.vgg import ClientNet, ServerNet, SplitSpec
@@ -121,7 +122,8 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, tran
 
     aux_images = splits.aux.floats()
     log.info("training the white-box decoder on %d auxiliary images under %s", len(aux_images), transform.describe())
-    trained = train_decoder(encode_images(encoder, aux_images), aux_images, transform, config.attacker, seed)
+    device = resolve_device(config.runtime.device)
+    trained = train_decoder(encode_images(encoder, aux_images), aux_images, transform, config.attacker, seed, device)
     reconstructions = reconstruct(trained.decoder, target.joined.features)
 
     def score_regime(decoder, images: ImageSet) -> dict[str, object]:
@@ -138,7 +140,7 @@ def _white_box(config: RunConfig, splits: DataSplits, target: AttackTarget, tran
     log.info("training the inference-time decoder on the first %d of %d test images", cut, len(test))
     first_images = first.floats()
     inference_decoder = train_decoder(
-        encode_images(encoder, first_images), first_images, transform, config.attacker, seed + _SEED_INFERENCE_DECODER
+        encode_images(encoder, first_images), first_images, transform, config.attacker, seed + _SEED_INFERENCE_DECODER, device
     )
     inference_time = {
         "trained_on": f"test[0:{cut}]",
@@ -163,7 +165,8 @@ def _shadow(config: RunConfig, splits: DataSplits, target: AttackTarget, transfo
     log.info("training a stand-in encoder through the frozen server half on %d labelled auxiliary images", len(aux_images))
     stand_in = train_stand_in(target.server, target.spec, aux_images, splits.aux.labels, transform, config.attacker, seed)
     log.info("training the decoder on the stand-in encoder's features under %s", transform.describe())
-    trained = train_decoder(encode_images(stand_in.encoder, aux_images), aux_images, transform, config.attacker, seed)
+    device = resolve_device(config.runtime.device)
+    trained = train_decoder(encode_images(stand_in.encoder, aux_images), aux_images, transform, config.attacker, seed, device)
     details = {
         "aux_images": len(aux_images),
         "stand_in_train_loss": stand_in.final_loss,

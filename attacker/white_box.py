@@ -45,6 +45,7 @@ def train_decoder(
     transform: TransmitTransform | float,
     config: AttackConfig,
     seed: int,
+    device: torch.device = torch.device("cpu"),
 ) -> DecoderResult:
     """Train an inversion decoder on (transformed features, image) pairs.
 
@@ -55,12 +56,13 @@ def train_decoder(
             sigma of Gaussian noise alone.
         config: decoder epochs, batch size, learning rate and weight decay.
         seed: seed of initialisation, shuffling and noise.
+        device: where the decoder trains; the returned decoder is on the CPU.
     """
     if not isinstance(transform, TransmitTransform):
         transform = TransmitTransform.gaussian(float(transform))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    decoder = InversionDecoder(tuple(features.shape[1:]), tuple(images.shape[1:]), blocks=config.decoder_blocks)
+    decoder = InversionDecoder(tuple(features.shape[1:]), tuple(images.shape[1:]), blocks=config.decoder_blocks).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=config.decoder_lr, weight_decay=config.decoder_weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.decoder_epochs, eta_min=1e-5)
     interactive = sys.stderr.isatty()
@@ -77,7 +79,7 @@ def train_decoder(
             inputs = features[batch]
             if not transform.is_identity:
                 inputs = transform.apply(inputs, generator)
-            loss = nn.functional.mse_loss(decoder(inputs), images[batch])
+            loss = nn.functional.mse_loss(decoder(inputs.to(device)), images[batch].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -90,7 +92,7 @@ def train_decoder(
             print(file=sys.stderr)
         log.info("decoder epoch %d/%d: train MSE %.5f", epoch, config.decoder_epochs, loss_value)
     decoder.eval()
-    return DecoderResult(decoder, loss_value, time.monotonic() - started)
+    return DecoderResult(decoder.cpu(), loss_value, time.monotonic() - started)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from cemsplit.client.trainer import ClientError, SplitClient
 from cemsplit.shared.checkpoint import CheckpointError
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataError
+from cemsplit.shared.device import DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def run(config: RunConfig, run_dir: Path) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: _stop(client))
         summary = client.run()
-    except (ClientError, DataError, CheckpointError, TimeoutError) as error:
+    except (ClientError, DataError, DeviceError, CheckpointError, TimeoutError) as error:
         log.error("%s", error)
         return 1
     if summary.get("stopped"):

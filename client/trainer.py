@@ -31,6 +31,7 @@ from cemsplit.shared.checkpoint import CheckpointError, load_state_strict, save_
 from cemsplit.shared.config import RunConfig
 from cemsplit.shared.datasets import DataSplits, augment_batch, load_splits
 from cemsplit.shared.defenses import StepTensors, build_defense
+from cemsplit.shared.device import resolve_device
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.manifest import ManifestWriter
 from cemsplit.shared.retry import RetriesExhausted, RetryPolicy, call_with_retry
@@ -111,8 +112,9 @@ class SplitClient:
                 f"{list(self.splits.input_shape)}; remove model.input_shape or fix it"
             )
 
+        self.device = resolve_device(config.runtime.device)
         torch.manual_seed(config.train.seed)
-        self.encoder = ClientNet(self.spec)
+        self.encoder = ClientNet(self.spec).to(self.device)
         self.optimizer = torch.optim.SGD(
             self.encoder.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
         )
@@ -259,6 +261,7 @@ class SplitClient:
             labels = self.splits.train.labels[index]
             if self.config.data.augment:
                 images = augment_batch(images, self.config.data.dataset, augment_generator)
+            images, labels = images.to(self.device), labels.to(self.device)
 
             features = self.encoder(images)
             transmitted = self.defense.transmit(features)
@@ -274,7 +277,7 @@ class SplitClient:
                 checkpoint=checkpoint,
             )
             reply = self._call(stub.TrainStep, request, f"TrainStep {step}")
-            gradient = codec.decode(reply.gradient, "gradient")
+            gradient = codec.decode(reply.gradient, "gradient").to(self.device)
             if gradient.shape != transmitted.shape:
                 raise ClientError(f"server returned a gradient of shape {list(gradient.shape)} for activations {list(transmitted.shape)}")
 
@@ -298,7 +301,7 @@ class SplitClient:
 
     @torch.no_grad()
     def encode_training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return features [N, C, H, W] and labels [N] of the client-training split.
+        """Return features [N, C, H, W] and labels [N] of the client-training split, on the client's device.
 
         The encoder runs in eval mode without augmentation or defence, for the defence's
         per-epoch update (CEM's clustering); it is left in eval mode. Batches have the training
@@ -308,8 +311,8 @@ class SplitClient:
         self.encoder.eval()
         train = self.splits.train
         size = self.config.train.batch_size
-        features = [self.encoder(train.floats(slice(start, start + size))) for start in range(0, len(train), size)]
-        return torch.cat(features), train.labels
+        features = [self.encoder(train.floats(slice(start, start + size)).to(self.device)) for start in range(0, len(train), size)]
+        return torch.cat(features), train.labels.to(self.device)
 
     @torch.no_grad()
     def evaluate(self, stub: split_pb2_grpc.SplitLearningStub) -> dict[str, float]:
@@ -320,7 +323,7 @@ class SplitClient:
         size = self.config.train.eval_batch_size
         for start in range(0, len(test), size):
             index = torch.arange(start, min(start + size, len(test)))
-            transmitted = self.defense.transmit(self.encoder(test.floats(index)))
+            transmitted = self.defense.transmit(self.encoder(test.floats(index).to(self.device)))
             request = split_pb2.EvalRequest(
                 session_id=self.session_id,
                 activations=codec.encode(transmitted, self.wire_dtype, self.config.transport.compress),
@@ -380,7 +383,7 @@ class SplitClient:
         stub = split_pb2_grpc.SplitLearningStub(self.channel)
         if resume_session_id is None:
             self.session_id = self._open(stub, self._open_request()).session_id
-            log.info("opened session %s on %s", self.session_id, address)
+            log.info("opened session %s on %s; the client half computes on %s", self.session_id, address, self.device)
         else:
             self._resume(stub, resume_session_id)
 

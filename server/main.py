@@ -15,6 +15,7 @@ from cemsplit.server.mirror import AttackerMirror
 from cemsplit.server.recorder import TrafficLogRecorder
 from cemsplit.server.service import SplitLearningService
 from cemsplit.shared.config import RunConfig
+from cemsplit.shared.device import resolve_device
 from cemsplit.shared.grpc_util import add_checked_servicer, bind, write_port_file
 from cemsplit.shared.security import server_credentials, server_interceptors
 from cemsplit.shared.snapshots import SnapshotWriter
@@ -31,6 +32,7 @@ SERVICE_NAME = split_pb2.DESCRIPTOR.services_by_name["SplitLearning"].full_name
 def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None) -> int:
     """Serve the split-learning service until SIGTERM, SIGINT or `stop`; returns the exit status."""
     spec = split_spec(config)
+    device = resolve_device(config.runtime.device)
     stop = stop or threading.Event()
     credentials = server_credentials(config.server.listen, config.transport)
     interceptors = server_interceptors(config.transport)
@@ -54,6 +56,7 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         snapshots,
         keep_checkpoints=config.server.keep_checkpoints,
         max_abs_activation=config.server.max_abs_activation,
+        device=device,
     )
     health_service = health.HealthServicer()
     server = grpc.server(
@@ -70,9 +73,9 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     write_port_file(config.server.port_file, port)
     log.info(
-        "serving %s on %s (port %d, %s%s), features %s, %d classes",
+        "serving %s on %s (port %d, %s%s), features %s, %d classes, computing on %s",
         spec.arch, config.server.listen, port, "TLS" if credentials else "plaintext",
-        ", bearer token required" if interceptors else "", list(spec.feature_shape), spec.num_classes,
+        ", bearer token required" if interceptors else "", list(spec.feature_shape), spec.num_classes, device,
     )
 
     if threading.current_thread() is threading.main_thread():

@@ -83,6 +83,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         snapshots: optional writer of server-half snapshots for the shadow-model attack.
         keep_checkpoints: checkpoints kept per session (at least 2).
         max_abs_activation: largest absolute activation accepted; 0 accepts any finite value.
+        device: where the server halves compute; requests are decoded on the CPU and moved there.
     """
 
     def __init__(
@@ -94,8 +95,10 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         snapshots: SnapshotWriter | None = None,
         keep_checkpoints: int = 3,
         max_abs_activation: float = 1e4,
+        device: torch.device = torch.device("cpu"),
     ) -> None:
         self.spec = spec
+        self.device = device
         self.max_abs_activation = max_abs_activation
         self.store = SessionStore(checkpoint_dir, keep_checkpoints)
         self.mirror = mirror
@@ -172,7 +175,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     def _build_session(self, session_id: str, request: split_pb2.OpenSessionRequest) -> Session:
         training = request.training
         torch.manual_seed(training.seed)
-        net = ServerNet(self.spec)
+        net = ServerNet(self.spec).to(self.device)
         optimizer = torch.optim.SGD(
             net.parameters(), lr=training.learning_rate, momentum=training.momentum, weight_decay=training.weight_decay
         )
@@ -368,6 +371,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             if not request.HasField("labels"):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "labels are missing")
             labels = self._decode_labels(session, request.labels, features.shape[0])
+            features, labels = features.to(self.device), labels.to(self.device)
 
             if request.epoch != session.epoch and session.epoch > 0 and self.snapshots is not None:
                 self.snapshots.epoch_done(session.session_id, session.epoch, session.last_step, session.net, session.spec)
@@ -426,6 +430,8 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         with session.lock:
             features = self._decode_activations(session, request.activations, request.HasField("activations"))
             labels = self._decode_labels(session, request.labels, features.shape[0]) if request.HasField("labels") else None
+            features = features.to(self.device)
+            labels = None if labels is None else labels.to(self.device)
             session.net.eval()
             with torch.no_grad():
                 logits = session.net(features)

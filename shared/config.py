@@ -305,6 +305,12 @@ class TrafficLogConfig(Section):
     fsync_interval_s: float = Field(1.0, gt=0, le=3600, description="seconds between forced writes of the traffic log under fsync 'interval'")
 
 
+class RuntimeConfig(Section):
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where a role computes: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N"
+    )
+
+
 class RunConfig(Section):
     """Every setting of a run; each role reads the sections it needs."""
 
@@ -317,14 +323,15 @@ class RunConfig(Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     attacker: AttackConfig = Field(default_factory=AttackConfig)
     traffic: TrafficLogConfig = Field(default_factory=TrafficLogConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 
 ROLE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": ("data", "model", "transport", "server", "traffic"),
-    "client": ("data", "model", "train", "defense", "transport", "client"),
-    "attacker": ("data", "model", "transport", "attacker", "traffic"),
-    "demo": ("data", "model", "train", "defense", "transport", "attacker", "traffic"),
-    "attack": ("data", "model", "defense", "attacker"),
+    "server": ("data", "model", "transport", "server", "traffic", "runtime"),
+    "client": ("data", "model", "train", "defense", "transport", "client", "runtime"),
+    "attacker": ("data", "model", "transport", "attacker", "traffic", "runtime"),
+    "demo": ("data", "model", "train", "defense", "transport", "attacker", "traffic", "runtime"),
+    "attack": ("data", "model", "defense", "attacker", "runtime"),
     "report": ("data", "model", "train", "defense", "transport", "attacker"),
     "health": ("transport",),
 }

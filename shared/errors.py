@@ -5,6 +5,7 @@ from __future__ import annotations
 from cemsplit.shared.checkpoint import CheckpointError
 from cemsplit.shared.config import ConfigError
 from cemsplit.shared.datasets import DataError
+from cemsplit.shared.device import DeviceError
 from cemsplit.shared.grpc_util import AddressError
 from cemsplit.shared.manifest import ManifestError
 from cemsplit.shared.security import SecurityError
@@ -15,6 +16,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     ConfigError,
     DataError,
+    DeviceError,
     FileExistsError,
     FileNotFoundError,
     ManifestError,

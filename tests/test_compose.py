@@ -136,6 +136,8 @@ def test_compose_gpu_override_valid():
     for role in ("server", "client"):
         devices = services[role]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}], role
+        assert services[role]["environment"]["CEMSPLIT_RUNTIME__DEVICE"] == "cuda", role
+        assert "CEMSPLIT_TRANSPORT__TLS_CA" in services[role]["environment"], f"{role}: the override must not replace the base environment"
     for role in ("attacker", "reporter"):
         assert "deploy" not in services[role], role
     assert services["client"]["depends_on"]["server"] == {"condition": "service_healthy"}
