@@ -1,23 +1,34 @@
 """Training throughput of the split model three ways: in one process, over gRPC, over torch RPC.
 
-(a) in-process: both halves in this process, no network: the limit.
+(a) in_process: both halves in this process, no network: the limit.
 (b) grpc: the product: a `cemsplit server` process and this process as the client, over
-    loopback gRPC, through cemsplit's own client training loop.
-(c) torch-rpc: the same split over torch.distributed.rpc (TensorPipe), the server half in a
+    loopback gRPC, through cemsplit's own client training loop (one unary call per step,
+    checkpoints at the epoch end included). Measured with float32, float16 and bfloat16 on the
+    wire, and with zlib compression.
+(c) torch_rpc: the same split over torch.distributed.rpc (TensorPipe), the server half in a
     second process.
 Every mode trains the same split model on the same mnist5k batches (same seed, batch size and
-order), once to warm up and once measured. Two settings: the default bottlenecked split (8x7x7
-features) and an unbottlenecked 128-channel cut (128x7x7).
+order): one epoch to warm up, one measured. Two settings: the default bottlenecked split
+(8x7x7 features) and an unbottlenecked 128-channel cut (128x7x7). Modes alternate within each
+repeat and the median over repeats is reported, because other load on the machine shifts all
+modes of one repeat alike.
 
-Usage: python -m benchmarks.transport [--steps 40] [--batch-size 128] [--result FILE]
+Also measured: protobuf bytes on the wire per sample (request and reply payloads), peak
+resident memory of each process, the test accuracy after the measured epoch for each wire
+precision, a profile of the slowest gRPC setting, and one epoch of attack-decoder training.
+
+Usage: python -m benchmarks.transport [--steps 25] [--batch-size 128] [--repeats 3] [--result FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
-import resource
+import pstats
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,36 +39,68 @@ import torch
 from torch import nn
 
 from benchmarks.common import git_revision, write_result
-from cemsplit.client.trainer import SplitClient
+from cemsplit.attacker.white_box import encode_images, train_decoder
 from cemsplit.cli.processes import start_role, stop_children, wait_for_port_file
-from cemsplit.shared.config import RunConfig
-from cemsplit.shared.vgg import ClientNet, ServerNet
+from cemsplit.client.trainer import SplitClient
+from cemsplit.shared import codec
+from cemsplit.shared.config import RunConfig, save_config
+from cemsplit.shared.manifest import ManifestWriter
+from cemsplit.shared.vgg import ServerNet
+from cemsplit.v1 import split_pb2
 
 SETTINGS = {"bottleneck": 8, "wide": 0}
+GRPC_VARIANTS = {
+    "grpc": {},
+    "grpc_fp16": {"wire_dtype": "float16"},
+    "grpc_bf16": {"wire_dtype": "bfloat16"},
+    "grpc_zlib": {"compress": True},
+}
 
 
 def make_config(bottleneck_channels: int, steps: int, batch_size: int, **transport: object) -> RunConfig:
     config = RunConfig()
     config.model.bottleneck_channels = bottleneck_channels
     config.data.train_limit = steps * batch_size
+    config.data.test_limit = 500
     config.train.batch_size = batch_size
     config.train.lr_milestones = []
+    config.train.checkpoint_every = 0
+    config.runtime.device = "cpu"
     for key, value in transport.items():
         setattr(config.transport, key, value)
     return config
 
 
-def peak_rss_mib(pid: int | None = None) -> float:
-    """Return the peak resident memory of a process in MiB (this process when pid is None)."""
-    if pid is None:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident memory (VmHWM) on Linux, so each mode reports its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """Return the peak resident memory of a process in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def wire_bytes_per_sample(client: SplitClient) -> float:
+    """Return protobuf payload bytes per sample of one training step: request plus reply."""
+    index = client._batches(1)[0]
+    with torch.no_grad():
+        features = client.encoder(client.splits.train.floats(index))
+    transport = client.config.transport
+    activations = codec.encode(features, client.wire_dtype, transport.compress)
+    request = split_pb2.TrainRequest(session_id="0" * 32, step=1, epoch=1, activations=activations, labels=codec.encode(client.splits.train.labels[index]))
+    reply = split_pb2.TrainReply(step=1, gradient=codec.encode(torch.randn_like(features) * 1e-3, client.wire_dtype, transport.compress), loss=1.0, correct=1, batch_size=len(index))
+    return (request.ByteSize() + reply.ByteSize()) / len(index)
+
+
 def run_in_process(config: RunConfig) -> dict[str, float]:
+    reset_peak_rss()
     client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-a-")))
     torch.manual_seed(config.train.seed)
     server = ServerNet(client.spec)
@@ -85,10 +128,8 @@ def run_in_process(config: RunConfig) -> dict[str, float]:
     return {"seconds": seconds, "samples_per_s": len(client.splits.train) / seconds, "client_peak_rss_mib": peak_rss_mib()}
 
 
-def run_grpc(config: RunConfig, workdir: Path, label: str) -> dict[str, float]:
+def run_grpc(config: RunConfig, workdir: Path, label: str, profile: bool = False) -> dict[str, object]:
     config_path = workdir / f"{label}.yaml"
-    from cemsplit.shared.config import save_config
-
     save_config(config, config_path)
     port_file = workdir / f"{label}.port"
     server = start_role(
@@ -99,24 +140,32 @@ def run_grpc(config: RunConfig, workdir: Path, label: str) -> dict[str, float]:
     try:
         port = wait_for_port_file(server, port_file, 120)
         config.client.server = f"127.0.0.1:{port}"
+        reset_peak_rss()
         client = SplitClient(config, workdir / f"{label}-client")
         stub = client.connect()
-        from cemsplit.shared.manifest import ManifestWriter
-
         manifest = ManifestWriter(workdir / f"{label}-client" / "manifest.jsonl")
         client.train_epoch(stub, 1, manifest)
+        profiler = cProfile.Profile() if profile else None
+        if profiler:
+            profiler.enable()
         started = time.perf_counter()
         client.train_epoch(stub, 2, manifest)
         seconds = time.perf_counter() - started
+        if profiler:
+            profiler.disable()
         manifest.close()
-        wire = client.wire_bytes_per_step / config.train.batch_size if hasattr(client, "wire_bytes_per_step") else float("nan")
-        result = {
+        result: dict[str, object] = {
             "seconds": seconds,
             "samples_per_s": len(client.splits.train) / seconds,
+            "test_accuracy": client.evaluate(stub)["test_accuracy"],
+            "wire_bytes_per_sample": wire_bytes_per_sample(client),
             "client_peak_rss_mib": peak_rss_mib(),
             "server_peak_rss_mib": peak_rss_mib(server.pid),
-            "wire_bytes_per_sample": wire,
         }
+        if profiler:
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+            result["profile_top_tottime"] = text.getvalue()
         client.channel.close()
         return result
     finally:
@@ -130,6 +179,15 @@ def _free_port() -> int:
 
 
 def run_torch_rpc(config: RunConfig) -> dict[str, float]:
+    """Run the torch RPC mode in a child process of its own, since RPC can be initialised once per process."""
+    command = [sys.executable, "-m", "benchmarks.transport", "--torch-rpc-client", json.dumps(config.model_dump(mode="json"))]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
+    if output.returncode != 0:
+        raise RuntimeError(f"torch RPC mode failed:\n{output.stdout}\n{output.stderr}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def torch_rpc_client(config: RunConfig) -> dict[str, float]:
     import torch.distributed.rpc as rpc
 
     from benchmarks import torch_rpc_peer
@@ -168,28 +226,74 @@ def run_torch_rpc(config: RunConfig) -> dict[str, float]:
             peer.kill()
 
 
+def decoder_epoch_seconds(config: RunConfig) -> float:
+    """Return the seconds of one epoch of attack-decoder training on the auxiliary split."""
+    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-d-")))
+    images = client.splits.aux.floats()
+    config.attacker.decoder_epochs = 1
+    return train_decoder(encode_images(client.encoder, images), images, 0.0, config.attacker, seed=1).seconds
+
+
+def median_row(runs: list[dict[str, object]]) -> dict[str, object]:
+    row: dict[str, object] = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            row[key] = statistics.median(float(run[key]) for run in runs)  # type: ignore[arg-type]
+        else:
+            row[key] = value
+    row["samples_per_s_all"] = [run["samples_per_s"] for run in runs]
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="measured training steps per mode (default: 40)")
+    parser.add_argument("--steps", type=int, default=25, help="training steps per epoch (default: 25; mnist5k has 3,500 training images)")
     parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every mode; the median is reported (default: 3)")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS), help="splits to measure")
     parser.add_argument("--result", type=Path, default=Path("runs/bench/transport.json"), help="JSON result file")
+    parser.add_argument("--torch-rpc-client", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch_rpc_client:
+        print(json.dumps(torch_rpc_client(RunConfig.model_validate(json.loads(args.torch_rpc_client)))))
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="cemsplit-bench-"))
     results: dict[str, dict[str, object]] = {}
     for setting in args.settings:
         channels = SETTINGS[setting]
-        rows: dict[str, object] = {}
-        rows["in_process"] = run_in_process(make_config(channels, args.steps, args.batch_size))
-        rows["grpc"] = run_grpc(make_config(channels, args.steps, args.batch_size), workdir, f"{setting}-grpc")
-        rows["torch_rpc"] = run_torch_rpc(make_config(channels, args.steps, args.batch_size))
-        rows["grpc_over_in_process"] = rows["grpc"]["samples_per_s"] / rows["in_process"]["samples_per_s"]
-        rows["grpc_over_torch_rpc"] = rows["grpc"]["samples_per_s"] / rows["torch_rpc"]["samples_per_s"]
+        runs: dict[str, list[dict[str, object]]] = {}
+        for repeat in range(args.repeats):
+            runs.setdefault("in_process", []).append(run_in_process(make_config(channels, args.steps, args.batch_size)))
+            for variant, transport in GRPC_VARIANTS.items():
+                config = make_config(channels, args.steps, args.batch_size, **transport)
+                runs.setdefault(variant, []).append(run_grpc(config, workdir, f"{setting}-{variant}-{repeat}"))
+            runs.setdefault("torch_rpc", []).append(run_torch_rpc(make_config(channels, args.steps, args.batch_size)))
+            print(f"{setting}: repeat {repeat + 1}/{args.repeats} done", flush=True)
+        rows: dict[str, object] = {mode: median_row(mode_runs) for mode, mode_runs in runs.items()}
+        for variant in GRPC_VARIANTS:
+            grpc_rate = rows[variant]["samples_per_s"]  # type: ignore[index]
+            rows[variant]["over_in_process"] = grpc_rate / rows["in_process"]["samples_per_s"]  # type: ignore[index]
+            rows[variant]["over_torch_rpc"] = grpc_rate / rows["torch_rpc"]["samples_per_s"]  # type: ignore[index]
         results[setting] = rows
         print(json.dumps({setting: rows}, indent=2), flush=True)
 
-    write_result(args.result, {"revision": git_revision(), "steps": args.steps, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "results": results})
+    slowest = min(args.settings, key=lambda name: results[name]["grpc"]["samples_per_s"])  # type: ignore[index]
+    profiled = run_grpc(make_config(SETTINGS[slowest], args.steps, args.batch_size), workdir, f"{slowest}-profile", profile=True)
+    decoder_seconds = decoder_epoch_seconds(make_config(8, args.steps, args.batch_size))
+    write_result(
+        args.result,
+        {
+            "revision": git_revision(),
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "torch_threads": torch.get_num_threads(),
+            "results": results,
+            "profile": {"setting": slowest, "top_tottime": profiled["profile_top_tottime"]},
+            "decoder_epoch_seconds_1000_images": decoder_seconds,
+        },
+    )
     return 0
 
 
