@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -147,6 +148,8 @@ def test_client_sigterm_checkpoints_and_resumes(tmp_path, reference):
         assert not (tmp_path / "client" / "summary.json").exists()
         stopped_at = int(newest_client_checkpoint(tmp_path / "client").stem.split("-")[-1])
         assert stopped_at in server_checkpoint_steps(tmp_path)
+        checkpoints = [*(tmp_path / "client" / "checkpoints").glob("*.pt"), *(tmp_path / "server" / "checkpoints").glob("*/*.pt")]
+        assert checkpoints and all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in checkpoints)
 
         summary = finish(start_client(tmp_path, port))
     finally:
