@@ -1,4 +1,4 @@
-"""The client's checkpoints: where training stands and everything needed to continue from there.
+"""The client's checkpoints: the training position and everything needed to continue from it.
 
 Layout: <run dir>/checkpoints/client-step-000000123.pt, one file per step, written atomically
 with mode 0600 (see cemsplit.shared.checkpoint). The client marks the same steps for the server
@@ -30,7 +30,7 @@ REQUIRED_KEYS = ("encoder", "spec", "optimizer", "defense", "position", "session
 
 @dataclass
 class Position:
-    """Where training stands: the next batch to train, and the epoch's metrics so far.
+    """Training position: the next batch to train, and the epoch's metrics so far.
 
     `batch` counts the epoch's batches already trained; when it equals the epoch's batch count,
     only the epoch's end (defence update, evaluation, metrics row) is left. `epoch_done` marks a

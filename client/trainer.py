@@ -4,7 +4,7 @@ The defence (cemsplit.shared.defenses) decides what is sent, adds its client los
 backward pass and runs its per-epoch updates; this loop only calls it.
 
 Restarts lose nothing. Calls that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
-backoff; a retried step is answered from the server's record, not applied twice. Every
+backoff. A retried step is not applied twice: the server replies with its stored reply to that step. Every
 `train.checkpoint_every` steps and at every epoch end the client asks the server to checkpoint
 the step and checkpoints its own half (cemsplit.client.checkpoints). When the server no longer
 knows the session (it restarted), or when the client itself starts again on the same run
@@ -55,7 +55,7 @@ class ClientError(RuntimeError):
 
 
 class SessionLost(RuntimeError):
-    """The server no longer knows the session, for example after a restart; the client resumes it."""
+    """The server has no session with this id, for example after a restart, so the client resumes it."""
 
 
 class StopRequested(RuntimeError):
@@ -342,7 +342,7 @@ class SplitClient:
             raise ClientError(f"server {self.config.client.server}: {error}") from None
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND and self.session_id:
-                raise SessionLost(f"{name}: the server does not know session {self.session_id} ({error.details()})") from None
+                raise SessionLost(f"{name}: session {self.session_id} not found on the server ({error.details()})") from None
             raise ClientError(
                 f"{name} failed at step {self.step} of session {self.session_id} ({error.code().name}): {error.details()}"
             ) from None
@@ -361,12 +361,12 @@ class SplitClient:
             session_id, _, position = saved
             if not self.config.client.resume:
                 raise ClientError(
-                    f"{self.checkpoints.directory} holds checkpoints of session {session_id} and client.resume is false; "
+                    f"{self.checkpoints.directory} contains checkpoints of session {session_id} and client.resume is false; "
                     "choose a new --run-dir, or set --resume true to continue that run"
                 )
             if position.completed_epochs >= self.config.train.epochs:
                 raise ClientError(
-                    f"{self.run_dir} already holds a finished run of {position.completed_epochs} epochs (session {session_id}); "
+                    f"{self.run_dir} already contains a finished run of {position.completed_epochs} epochs (session {session_id}); "
                     "choose a new --run-dir"
                 )
         address = self.config.client.server

@@ -188,7 +188,7 @@ def test_finished_run_is_not_overwritten(reference_run):
         capture_output=True, text=True, timeout=120,
     )
     assert again.returncode == 1
-    assert "already holds a finished run of 2 epochs" in again.stderr
+    assert "already contains a finished run of 2 epochs" in again.stderr
     assert {path: path.read_bytes() for path in (workdir / "client").rglob("*") if path.is_file()} == before
 
 
