@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -68,10 +69,14 @@ class SplitClient:
 
         torch.manual_seed(config.train.seed)
         self.encoder = ClientNet(self.spec)
-        self.optimizer = torch.optim.SGD(
-            self.encoder.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
-        )
-        self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1)
+        feature_dim = math.prod(self.spec.feature_shape)
+        self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1, feature_dim)
+        # The attention variants' weights train with the encoder, under the same schedule.
+        groups = [{"params": list(self.encoder.parameters())}]
+        defense_parameters = self.defense.parameters()
+        if defense_parameters:
+            groups.append({"params": defense_parameters})
+        self.optimizer = torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay)
         self.wire_dtype = codec.wire_dtype_from_name(config.transport.wire_dtype)
         self.session_id = ""
         self.step = 0

@@ -63,6 +63,14 @@ class ClientLoss(ABC):
         """Update state from the encoded training data after an epoch; returns metrics."""
         return {}
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Return the learned parameters that the client's optimizer trains with the encoder."""
+        return []
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Return means of this loss's own per-step values over the epoch, and reset them."""
+        return {}
+
     def state_dict(self) -> dict[str, object]:
         """Return the state to checkpoint (tensors and plain values only)."""
         return {}
