@@ -62,9 +62,9 @@ def loss_with_generator_state(client_loss, features, labels, state):
 # -- Gradients ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_parameter_gets_gradient(variant, digit_features):
-    client_loss = fitted_loss(variant, digit_features)
+@pytest.mark.parametrize("variant,settings", [*[(variant, {}) for variant in VARIANTS], ("cem-att", {"att_dim": 56}), ("cem-enhanced", {"enhanced_dim": 64})])
+def test_every_parameter_gets_gradient(variant, settings, digit_features):
+    client_loss = fitted_loss(variant, digit_features, **settings)
     features, labels = batch_of(digit_features)
     value = client_loss.loss(step_of(features, labels))
     assert value is not None
@@ -121,7 +121,7 @@ def test_permutation_within_class_leaves_loss_unchanged(variant, digit_features)
 
     original = loss_with_generator_state(client_loss, features, labels, state)
     permuted = loss_with_generator_state(client_loss, features[order], labels, state)
-    assert float(original) > 0
+    assert float(original.detach()) > 0
     assert float(permuted) == pytest.approx(float(original), rel=1e-5)
 
 
@@ -157,15 +157,16 @@ def test_hard_responsibilities_reduce_to_reference(digit_features):
         assert float(got) == pytest.approx(float(expected), rel=1e-6)
 
 
-def test_one_slot_reduces_to_per_class_variance_term(digit_features):
+@pytest.mark.parametrize("width", [FEATURE_DIM, 56])
+def test_one_slot_reduces_to_per_class_variance_term(width, digit_features):
     features, labels = digit_features
     clusters, _ = fit_class_clusters(features, labels, 10, 1, "kmeans", 50, seed=0)
     z, batch_labels = features[:96].flatten(1), labels[:96]
 
     # No slot iterations and no slot draw: the single slot is the stored class centroid, and the
-    # identity-initialised cross attention returns it for every sample.
+    # identity-initialised cross attention returns it for every sample, also through a projection.
     torch.manual_seed(0)
-    module = CEMAttention(FEATURE_DIM, FEATURE_DIM, iterations=0, heads=4, init_std=0.01)
+    module = CEMAttention(FEATURE_DIM, width, iterations=0, heads=4, init_std=0.01)
     reconstructions, responsibilities = module(z, batch_labels, clusters.centroids, clusters.weights > 0, generator=None)
     assert torch.equal(responsibilities, torch.ones(96, 1))
     assert torch.allclose(reconstructions, clusters.centroids[batch_labels, 0], atol=1e-6)

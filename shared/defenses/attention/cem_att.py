@@ -13,8 +13,10 @@ Per batch and class y (all classes at once, padded):
 
 The variance is measured on the transmitted features z (before noise), in z's units. The module
 cannot lower it by shrinking its outputs: shrinking c_i leaves the residual z_i - c_i near z_i.
-Its value and output maps start as the identity, so the untrained module is soft k-means in z
-(or in a learned 256-dim projection, for features of more than 512 entries).
+Its value and output maps start as the identity, so the untrained module is about soft k-means
+in z. Features of more than 512 entries are attended in a learned 256-dim projection, and there
+c_i is the responsibility-weighted mix of the slots' positions in z plus the learned part of
+the attention output mapped back to z.
 """
 
 from __future__ import annotations
@@ -68,16 +70,27 @@ class CEMAttention(nn.Module):
         groups = group_by_class(labels, centroids.shape[0])
         inputs = groups.pad(self.projection(z))
         masks = slot_mask[groups.classes]
+        start = centroids[groups.classes].detach()
 
-        slots = self.projection(centroids[groups.classes].detach()) + self.slot_mean
+        slots = self.projection(start) + self.slot_mean
         if generator is not None:
             draw = torch.randn(slots.shape, generator=generator).to(slots.device, slots.dtype)
             slots = slots + self.slot_log_std.exp() * draw
-        slots = self.slot_attention(inputs, groups.mask, slots, masks)
+        if self.projection.identity:
+            slots, _ = self.slot_attention(inputs, groups.mask, slots, masks)
+            reconstructions, attention = self.cross_attention(inputs, slots, masks)
+            return groups.unpad(reconstructions), groups.unpad(attention.mean(dim=1))
 
+        # Projected features: the slots' positions in feature units follow the same attention in
+        # closed form, and the back map adds only the learned part of the reconstruction. So the
+        # residual measures the spread around the slots, not how much of z the projection loses.
+        slots, feature_slots = self.slot_attention(inputs, groups.mask, slots, masks, carried=(groups.pad(z), start))
         reconstructions, attention = self.cross_attention(inputs, slots, masks)
         responsibilities = attention.mean(dim=1)
-        return self.projection.back(groups.unpad(reconstructions)), groups.unpad(responsibilities)
+        mixture = torch.einsum("gnk,gkd->gnd", responsibilities, slots)
+        feature_mixture = torch.einsum("gnk,gkd->gnd", responsibilities, feature_slots)
+        correction = self.projection.back(groups.unpad(reconstructions - mixture))
+        return groups.unpad(feature_mixture) + correction, groups.unpad(responsibilities)
 
 
 def build_cem_attention(config: DefenseConfig, feature_dim: int, seed: int) -> CEMAttention:

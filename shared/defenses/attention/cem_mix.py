@@ -126,7 +126,8 @@ class CEMMixLoss(AttentionCEMLoss):
 
         decay = self.config.mix_ema_decay
         self.running = [decay * old + (1 - decay) * new for old, new in zip(self.running, values)]
-        for index, value in enumerate([float(weights[0]), float(weights[1]), *values]):
+        detached = weights.detach()
+        for index, value in enumerate([float(detached[0]), float(detached[1]), *values]):
             self._sums[index] += value
         self._steps += 1
         return blended

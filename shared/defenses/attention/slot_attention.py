@@ -49,9 +49,9 @@ def competitive_update(
 class SlotAttention(nn.Module):
     """Slot attention with bias-free q, k, v maps and a residual MLP update (CEM-att).
 
-    The value map starts as the identity and the MLP's output layer near zero, so an untrained
-    module runs nearly soft k-means in the input space: each iteration moves each slot to the
-    mean of the samples weighted by their softmax responsibilities.
+    The value map starts as the identity and the MLP's output layer near zero. An untrained
+    module thus runs nearly soft k-means in the input space, where each iteration moves each
+    slot to the mean of the samples weighted by their softmax responsibilities.
 
     Args:
         dim: attention width d.
@@ -73,15 +73,27 @@ class SlotAttention(nn.Module):
             nn.init.normal_(self.mlp[-1].weight, std=1e-3)
             self.mlp[-1].bias.zero_()
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, slot_mask: torch.Tensor) -> torch.Tensor:
-        """Return the refined slots [G, K, d] for samples [G, N, d] and initial slots [G, K, d]."""
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, slot_mask: torch.Tensor,
+        carried: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the refined slots [G, K, d] for samples [G, N, d] and initial slots [G, K, d].
+
+        carried: optional (other [G, N, D'], start [G, K, D']), another representation of the
+        samples and the slots' start in it. The same attention moves those slots to weighted
+        means of `other`, in closed form; they are returned second (None without carried).
+        """
         keys = self.to_k(self.norm_inputs(inputs))
         values = self.to_v(inputs)
+        means = None if carried is None else carried[1]
         for _ in range(self.iterations):
             queries = self.to_q(self.norm_slots(slots))
-            updates, _ = competitive_update(values, keys, queries, slots, mask, slot_mask, 1.0)
+            updates, attention = competitive_update(values, keys, queries, slots, mask, slot_mask, 1.0)
             slots = updates + self.mlp(updates)
-        return slots
+            if carried is not None:
+                mass = attention.sum(dim=1)[..., None] + SLOT_PRIOR_MASS
+                means = (torch.einsum("gnk,gnd->gkd", attention, carried[0]) + SLOT_PRIOR_MASS * means) / mass
+        return slots, means
 
 
 class EnhancedSlotAttentionLayer(nn.Module):
