@@ -2,8 +2,8 @@
 
 Runs `cemsplit demo` once per defence: none, noise, cem, cem-att, cem-mix and cem-enhanced,
 each with the same noise sigma, CEM weight lambda, seed, epochs and decoder epochs (none has
-no noise). Each demo runs server, client and attacker as three processes; the white-box,
-noise-aware decoder trains on the auxiliary digits and reconstructs the recorded training
+no noise). Each demo runs server, client and attacker as three processes. The white-box,
+noise-aware decoder trains on the auxiliary digits and then reconstructs the recorded training
 images of the final epoch.
 
 The log-det column is computed here, the same way for every run, from the run's final

@@ -238,6 +238,7 @@ def test_demo_reports_attention_variant(tmp_path):
     last = report["epochs"][-1]
     assert math.isfinite(last["cem_logdet"])
     assert 0 < last["cem_mix_weight_clustering"] < 1
+    assert "CEM-mix clustering weight" in (out / "report.md").read_text()
 
     white_box = json.loads((out / "attacker" / "white_box.json").read_text())
     assert white_box["transmit"] == {"defense": "cem-mix", "noise": "gaussian", "noise_std": 0.025}

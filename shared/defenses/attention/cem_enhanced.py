@@ -2,9 +2,9 @@
 
 Where the pipeline sits: it only produces assignments. It is not in the transmitted path, so
 the client sends z + noise exactly as CEM does, the attacker's copy of the encoder needs no
-extra part, and the variance in the hinge is measured on z. (Placing it in the transmitted
-path would have made it part of the encoder; its final LayerNorm would have changed the units
-of what is sent relative to the noise sigma.)
+extra part, and the variance in the hinge is measured on z. In the transmitted path it would
+have been part of the encoder, and its final LayerNorm would have changed the units of what is
+sent relative to the noise sigma.
 
 Per batch, for all classes at once (padded):
 1. Project z to width d (learned bias-free map when D != d) and apply the multi-scale gate.

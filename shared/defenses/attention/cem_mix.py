@@ -2,10 +2,10 @@
 
 Both branches are CEM hinges with the same weights pi, the same floor log(tau * sigma^2 + 0.01)
 and the same normalisation (per class in the batch), measured on z. So they share one scale,
-log variance ratios. The weight network reads six per-dimension statistics of the batch (mean,
-variance, standard deviation, mean absolute value, max and min over the batch; 6 * d inputs for
-attention width d), has hidden sizes d/4 and d/8 with ReLU, and a softmax over two outputs:
-(w_clustering, w_attention).
+log variance ratios. The weight network reads six per-dimension statistics of the batch: mean,
+variance, standard deviation, mean absolute value, max and min over the batch, 6 * d inputs
+for attention width d. It has hidden sizes d/4 and d/8 with ReLU and a softmax over two
+outputs, (w_clustering, w_attention).
 
 Guard against the degenerate optimum. A weight network trained to minimise
 w_c * L_c + w_a * L_a moves all weight to whichever branch is smaller, because that
