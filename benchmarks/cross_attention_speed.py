@@ -38,8 +38,8 @@ def vectorised(module: CrossAttention, z: torch.Tensor, labels: torch.Tensor, sl
     """Return reconstructions [B, D]: all samples and classes in one padded batch."""
     groups = group_by_class(labels, slots.shape[0])
     mask = torch.ones(len(groups.classes), SLOTS, dtype=torch.bool)
-    output, _ = module(groups.pad(z), slots[groups.classes], mask)
-    return groups.unpad(output)
+    output, _ = module(z, groups, slots[groups.classes], mask)
+    return output
 
 
 def per_sample_loop(module: CrossAttention, z: torch.Tensor, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

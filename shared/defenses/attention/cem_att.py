@@ -72,7 +72,7 @@ class CEMAttention(nn.Module):
             generator: source of the slot draw; None starts each slot at centroid + mean.
         """
         groups = group_by_class(labels, centroids.shape[0])
-        inputs = groups.pad(self.projection(z))
+        inputs = self.projection(z)
         masks = slot_mask[groups.classes]
         start = centroids[groups.classes].detach()
 
@@ -81,20 +81,17 @@ class CEMAttention(nn.Module):
             draw = torch.randn(slots.shape, generator=generator).to(slots.device, slots.dtype)
             slots = slots + self.slot_log_std.exp() * draw
         if self.projection.identity:
-            slots, _ = self.slot_attention(inputs, groups.mask, slots, masks)
-            reconstructions, attention = self.cross_attention(inputs, slots, masks)
-            return groups.unpad(reconstructions), groups.unpad(attention.mean(dim=1))
+            slots, _ = self.slot_attention(inputs, groups, slots, masks)
+            return self.cross_attention(inputs, groups, slots, masks)
 
         # Projected features: the slots' positions in feature units follow the same attention in
         # closed form, and the back map adds only the learned part of the reconstruction. So the
         # residual measures the spread around the slots, not how much of z the projection loses.
-        slots, feature_slots = self.slot_attention(inputs, groups.mask, slots, masks, carried=(groups.pad(z), start))
-        reconstructions, attention = self.cross_attention(inputs, slots, masks)
-        responsibilities = attention.mean(dim=1)
-        mixture = torch.einsum("gnk,gkd->gnd", responsibilities, slots)
-        feature_mixture = torch.einsum("gnk,gkd->gnd", responsibilities, feature_slots)
-        correction = self.projection.back(groups.unpad(reconstructions - mixture))
-        return groups.unpad(feature_mixture) + correction, groups.unpad(responsibilities)
+        slots, feature_slots = self.slot_attention(inputs, groups, slots, masks, carried=(groups.pad(z), start))
+        reconstructions, responsibilities = self.cross_attention(inputs, groups, slots, masks)
+        mixture = torch.einsum("bk,bkd->bd", responsibilities, slots[groups.group])
+        feature_mixture = torch.einsum("bk,bkd->bd", responsibilities, feature_slots[groups.group])
+        return feature_mixture + self.projection.back(reconstructions - mixture), responsibilities
 
 
 def build_cem_attention(config: DefenseConfig, feature_dim: int, seed: int) -> CEMAttention:

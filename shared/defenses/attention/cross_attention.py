@@ -1,7 +1,7 @@
 """Multi-head cross attention from each sample (query) to the slots of its class (keys, values).
 
-Inputs are padded per class as in slot_attention.py: queries [G, N, d], slots [G, K, d] and a
-slot mask [G, K]. All samples and classes run in one batched product, without a loop over samples.
+Slots come padded per class as in slot_attention.py: slots [G, K, d] and a slot mask [G, K].
+All samples and classes run in one batched product, without a loop over samples.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cemsplit.shared.defenses.attention.grouping import ClassGroups
 from cemsplit.shared.defenses.attention.slot_attention import seeded_dropout
 
 
@@ -64,12 +65,17 @@ class CrossAttention(nn.Module):
             self.to_v.weight.copy_(torch.eye(dim))
             self.out.weight.copy_(torch.eye(dim))
 
-    def forward(self, queries: torch.Tensor, slots: torch.Tensor, slot_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return reconstructions [G, N, d] and the attention [G, H, N, K] of queries [G, N, d]."""
-        attended, attention = multi_head_attention(
-            self.to_q(self.norm_queries(queries)), self.to_k(self.norm_keys(slots)), self.to_v(slots), slot_mask, self.heads
-        )
-        return self.out(attended), attention
+    def forward(
+        self, queries: torch.Tensor, groups: ClassGroups, slots: torch.Tensor, slot_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return reconstructions [B, d] and responsibilities [B, K] of queries [B, d].
+
+        The responsibilities are the attention averaged over heads. The per-sample maps run
+        on the B real rows and only the attention itself on the padded [G, N_max] layout.
+        """
+        padded = groups.pad(self.to_q(self.norm_queries(queries)))
+        attended, attention = multi_head_attention(padded, self.to_k(self.norm_keys(slots)), self.to_v(slots), slot_mask, self.heads)
+        return self.out(groups.unpad(attended)), groups.unpad(attention.mean(dim=1))
 
 
 class EnhancedCrossAttention(nn.Module):

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cemsplit.shared.defenses.attention.grouping import ClassGroups
+
 # Pseudo-count of a slot's previous position in its weighted mean, so that a slot that no sample
 # attends to stays where it was instead of collapsing to zero.
 SLOT_PRIOR_MASS = 1e-3
@@ -74,17 +76,19 @@ class SlotAttention(nn.Module):
             self.mlp[-1].bias.zero_()
 
     def forward(
-        self, inputs: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, slot_mask: torch.Tensor,
+        self, inputs: torch.Tensor, groups: ClassGroups, slots: torch.Tensor, slot_mask: torch.Tensor,
         carried: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the refined slots [G, K, d] for samples [G, N, d] and initial slots [G, K, d].
+        """Return the refined slots [G, K, d] for samples [B, d] in groups and initial slots [G, K, d].
 
         carried: optional (other [G, N, D'], start [G, K, D']), another representation of the
         samples and the slots' start in it. The same attention moves those slots to weighted
         means of `other`, in closed form; they are returned second (None without carried).
         """
-        keys = self.to_k(self.norm_inputs(inputs))
-        values = self.to_v(inputs)
+        # The per-sample maps run on the real rows only, then the results are padded per class.
+        keys = groups.pad(self.to_k(self.norm_inputs(inputs)))
+        values = groups.pad(self.to_v(inputs))
+        mask = groups.mask
         means = None if carried is None else carried[1]
         for _ in range(self.iterations):
             queries = self.to_q(self.norm_slots(slots))
