@@ -183,6 +183,8 @@ DEFENSE_COLUMNS = (
     ("nopeek_loss", "NoPeek dCor", ".4f"),
     ("cem_loss", "CEM loss", ".4f"),
     ("cem_logdet", "CEM log-det", ".4f"),
+    ("cem_mix_weight_clustering", "CEM-mix clustering weight", ".3f"),
+    ("cem_mix_weight_attention", "CEM-mix attention weight", ".3f"),
     ("cem_cluster_seconds", "clustering s", ".2f"),
 )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -115,10 +116,15 @@ class SplitClient:
         self.device = resolve_device(config.runtime.device)
         torch.manual_seed(config.train.seed)
         self.encoder = ClientNet(self.spec).to(self.device)
-        self.optimizer = torch.optim.SGD(
-            self.encoder.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay
-        )
-        self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1)
+        feature_dim = math.prod(self.spec.feature_shape)
+        self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1, feature_dim)
+        self.defense.to(self.device)
+        # The attention variants' weights train with the encoder, under the same schedule.
+        groups = [{"params": list(self.encoder.parameters())}]
+        defense_parameters = self.defense.parameters()
+        if defense_parameters:
+            groups.append({"params": defense_parameters})
+        self.optimizer = torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay)
         self.wire_dtype = codec.wire_dtype_from_name(config.transport.wire_dtype)
         transport = config.transport
         self.retry = RetryPolicy(transport.retry_initial_backoff_s, transport.retry_max_backoff_s, transport.retry_max_elapsed_s)

@@ -83,24 +83,29 @@ class TrainConfig(Section):
 
 # Parts a defence is built from; `defense` joins them with "+", for example "nopeek+cem".
 # The order here is the canonical order of a defence name.
-DEFENSE_COMPONENTS: tuple[str, ...] = ("nopeek", "dropout", "topk", "noise", "laplace", "cem")
+DEFENSE_COMPONENTS: tuple[str, ...] = ("nopeek", "dropout", "topk", "noise", "laplace", "cem", "cem-att", "cem-mix", "cem-enhanced")
+
+# The CEM family: each adds Gaussian noise of noise_std and a CEM loss; a defence uses at most one.
+CEM_VARIANTS: tuple[str, ...] = ("cem", "cem-att", "cem-mix", "cem-enhanced")
 
 DEFENSE_HELP = (
     "client defence: none, or parts joined by '+' from: noise (Gaussian, sigma = noise_std), "
     "laplace (Laplacian noise with standard deviation noise_std), dropout (dropout_rate), "
     "topk (top-k pruning, topk_ratio), nopeek (distance-correlation loss, nopeek_weight), "
-    "cem (CEM loss, cem_weight, with Gaussian noise). CEM combines with nopeek, dropout and topk, "
-    "for example nopeek+cem"
+    "cem (CEM loss, cem_weight, with Gaussian noise), cem-att (CEM with slot and cross attention, att_*), "
+    "cem-mix (CEM and CEM-att blended by a weight network, mix_*), cem-enhanced (CEM with a multi-scale "
+    "attention pipeline that assigns samples to clusters, enhanced_*). A CEM variant combines with "
+    "nopeek, dropout and topk, for example nopeek+cem"
 )
 
 
 def parse_defense_name(name: str) -> tuple[str, ...]:
     """Split a defence name into its parts in canonical order; "none" has no parts.
 
-    "cem" includes Gaussian noise, so "noise+cem" is the same defence as "cem".
+    Every CEM variant includes Gaussian noise, so "noise+cem" is the same defence as "cem".
 
     Raises:
-        ValueError: an unknown part, a repeated part or "none" combined with a part.
+        ValueError: an unknown part, a repeated part, two CEM variants or "none" combined with a part.
     """
     text = name.strip().lower()
     if text == "none":
@@ -114,7 +119,10 @@ def parse_defense_name(name: str) -> tuple[str, ...]:
     if len(set(parts)) != len(parts):
         raise ValueError(f"defense {name!r} repeats a part; name each part once")
     chosen = set(parts)
-    if "cem" in chosen:
+    variants = sorted(chosen & set(CEM_VARIANTS))
+    if len(variants) > 1:
+        raise ValueError(f"defense {name!r} combines the CEM variants {variants}; choose one of them")
+    if variants:
         chosen.discard("noise")
     return tuple(part for part in DEFENSE_COMPONENTS if part in chosen)
 
@@ -142,10 +150,11 @@ class DefenseConfig(Section):
     num_clusters: Optional[int] = Field(
         None, ge=1, le=256, description="CEM clusters K per class; default 5 when the client ends in a sigmoid, else 15",
     )
-    cem_combine: Literal["separate", "fused"] = Field(
-        "separate",
+    cem_combine: Optional[Literal["separate", "fused"]] = Field(
+        None,
         description="how the CEM loss joins the task loss: separate scales its gradient by lambda * s(lr) with "
-        "s(lr) = 0.001/lr for lr >= 4.1e-4, else 1; fused adds lambda * CEM loss",
+        "s(lr) = 0.001/lr for lr >= 4.1e-4, else 1; fused adds lambda * CEM loss; not set: fused for cem-enhanced, "
+        "separate for the others",
     )
     cem_mode: Literal["hinge", "plain"] = Field(
         "hinge", description="CEM loss per cluster: hinge = pi * relu(log(v + 0.01) - log(tau * sigma^2 + 0.01)); plain = pi * (v + 0.001)",
@@ -154,6 +163,51 @@ class DefenseConfig(Section):
         "kmeans", description="per-class clustering: kmeans (isotropic variance per cluster) or gmm (scikit-learn diagonal Gaussian mixture)",
     )
     cem_max_iter: int = Field(50, ge=1, le=10_000, description="maximum Lloyd (kmeans) or EM (gmm) iterations of each per-epoch clustering")
+    att_slots: int = Field(8, ge=1, le=64, description="cem-att and cem-mix: slots per class, initialised from that many per-class k-means centroids")
+    att_iterations: int = Field(3, ge=1, le=20, description="cem-att and cem-mix: slot attention iterations per batch")
+    att_heads: int = Field(4, ge=1, le=64, description="cem-att and cem-mix: heads of the cross attention; must divide the attention width")
+    att_dim: int = Field(
+        0, ge=0, le=512,
+        description="cem-att and cem-mix: attention width in feature dimensions; 0 uses the feature size D when D <= 512, "
+        "else a learned projection to 256",
+    )
+    att_init_std: float = Field(
+        0.01, gt=0, le=1, description="cem-att and cem-mix: initial standard deviation of the learned Gaussian draw added to each slot's centroid, in feature units"
+    )
+    mix_prior_weight: float = Field(
+        1.0, gt=0, le=1000,
+        description="cem-mix: weight rho of the KL divergence that pulls the blend weights towards 0.5, in units of the normalised branch losses",
+    )
+    mix_ema_decay: float = Field(
+        0.99, ge=0, lt=1, description="cem-mix: decay of the running means that normalise each branch loss for the weight network"
+    )
+    enhanced_slots: int = Field(12, ge=1, le=64, description="cem-enhanced: slots per class, initialised from that many per-class k-means centroids")
+    enhanced_iterations: int = Field(4, ge=1, le=20, description="cem-enhanced: slot attention iterations per layer")
+    enhanced_layers: int = Field(2, ge=1, le=8, description="cem-enhanced: stacked slot attention layers")
+    enhanced_heads: int = Field(8, ge=1, le=64, description="cem-enhanced: heads of the cross attention; must divide enhanced_dim")
+    enhanced_dim: int = Field(
+        256, ge=8, le=256, description="cem-enhanced: width of the refinement pipeline; features are projected to it by a learned linear map when D differs"
+    )
+    enhanced_temperature_decay: float = Field(
+        0.9, gt=0, le=1, description="cem-enhanced: slot attention temperature at iteration t is decay^t (dimensionless)"
+    )
+    enhanced_competition_temperature: float = Field(
+        0.1, gt=0, le=100, description="cem-enhanced: temperature of the softmax over slot RMS norms that rescales the slots"
+    )
+    enhanced_dropout: float = Field(0.1, ge=0, lt=1, description="cem-enhanced: dropout probability in the slot and cross attention MLPs")
+    enhanced_distance: Literal["blend", "euclidean", "cosine"] = Field(
+        "blend",
+        description="cem-enhanced: distance that assigns samples to centroids in the refined space; blend weighs Euclidean by "
+        "sigmoid(mean feature variance) and cosine by the rest",
+    )
+    enhanced_assign_temperature: float = Field(
+        0.1, gt=0, le=100, description="cem-enhanced: softmax temperature of the soft assignment, relative to each sample's mean distance to its centroids"
+    )
+    enhanced_floor: Literal["noise", "adaptive"] = Field(
+        "noise",
+        description="cem-enhanced: hinge floor; noise = log(tau * sigma^2 + 0.01) as in CEM; adaptive = 0.001 * (1 + mean feature variance), "
+        "which ignores the noise",
+    )
 
     @field_validator("defense")
     @classmethod
@@ -167,9 +221,22 @@ class DefenseConfig(Section):
         return parse_defense_name(self.defense)
 
     @property
+    def cem_variant(self) -> str | None:
+        """The CEM variant of the defence ("cem", "cem-att", "cem-mix" or "cem-enhanced"), or None."""
+        variants = [part for part in self.components if part in CEM_VARIANTS]
+        return variants[0] if variants else None
+
+    @property
+    def combine(self) -> Literal["separate", "fused"]:
+        """cem_combine, or its default for the CEM variant: fused for cem-enhanced, else separate."""
+        if self.cem_combine is not None:
+            return self.cem_combine
+        return "fused" if self.cem_variant == "cem-enhanced" else "separate"
+
+    @property
     def gaussian_noise(self) -> bool:
         """Whether Gaussian noise of noise_std is added to the transmitted features."""
-        return "noise" in self.components or "cem" in self.components
+        return "noise" in self.components or self.cem_variant is not None
 
     @model_validator(mode="after")
     def _check_combination(self) -> "DefenseConfig":
@@ -178,12 +245,13 @@ class DefenseConfig(Section):
             raise ValueError(f"defense {self.defense!r} adds two kinds of noise; choose noise or laplace")
         if {"dropout", "topk"} <= parts:
             raise ValueError(f"defense {self.defense!r} masks the features twice; choose dropout or topk")
-        if {"laplace", "cem"} <= parts:
+        variant = self.cem_variant
+        if "laplace" in parts and variant is not None:
             raise ValueError(
-                f"defense {self.defense!r} is invalid: CEM's bound and hinge assume Gaussian noise, and cem adds it; "
-                "drop laplace or cem"
+                f"defense {self.defense!r} is invalid: CEM's bound and hinge assume Gaussian noise, and {variant} adds it; "
+                f"drop laplace or {variant}"
             )
-        if "cem" in parts and self.noise_std == 0:
+        if variant is not None and self.noise_std == 0:
             raise ValueError(
                 f"defense {self.defense!r} needs noise_std > 0 because CEM shrinks each class's clusters relative to the "
                 "noise variance sigma^2 (its hinge stops at var_threshold * sigma^2), and without noise nothing hides "
@@ -192,7 +260,7 @@ class DefenseConfig(Section):
         for part, kind in (("noise", "Gaussian"), ("laplace", "Laplacian")):
             if part in parts and self.noise_std == 0:
                 raise ValueError(f"defense {self.defense!r} needs noise_std > 0 to add {kind} noise; set --noise-std, for example 0.025")
-        if self.noise_std > 0 and not parts & {"noise", "laplace", "cem"}:
+        if self.noise_std > 0 and not parts & {"noise", "laplace", *CEM_VARIANTS}:
             raise ValueError(
                 f"noise_std {self.noise_std} is set but defense {self.defense!r} adds no noise; "
                 "add noise, laplace or cem to --defense, or set --noise-std 0"

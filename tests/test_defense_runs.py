@@ -18,7 +18,7 @@ from cemsplit.attacker.traffic import load_session_traffic
 from cemsplit.cli.main import build_parser
 from cemsplit.shared.checkpoint import load_checkpoint
 from cemsplit.shared.config import config_from_args
-from cemsplit.shared.defenses import TransmitTransform
+from cemsplit.shared.defenses import TransmitTransform, build_defense
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
@@ -39,6 +39,13 @@ DEFENSES = {
     "nopeek": ["--defense", "nopeek", "--nopeek-weight", "0.5"],
     "cem": ["--defense", "cem", "--noise-std", "0.025", "--cem-weight", "16", "--var-threshold", "0.125", "--num-clusters", "3"],
     # nopeek+cem runs in test_demo_reports_defense.
+    # The attention variants with small settings, so that two epochs stay short on 2 cores.
+    "cem-att": ["--defense", "cem-att", "--noise-std", "0.025", "--num-clusters", "3", "--att-slots", "4", "--att-iterations", "2"],
+    "cem-mix": ["--defense", "cem-mix", "--noise-std", "0.025", "--num-clusters", "3", "--att-slots", "4", "--att-iterations", "1"],
+    "cem-enhanced": [
+        "--defense", "cem-enhanced", "--noise-std", "0.025", "--num-clusters", "3", "--enhanced-slots", "4",
+        "--enhanced-iterations", "2", "--enhanced-layers", "1", "--enhanced-dim", "64",
+    ],
     "dropout+cem-fused-gmm": [
         "--defense", "dropout+cem", "--noise-std", "0.05", "--dropout-rate", "0.3",
         "--cem-combine", "fused", "--cem-clustering", "gmm", "--num-clusters", "2",
@@ -134,7 +141,8 @@ def test_two_epochs_with_defense(name, services, tmp_path):
     if "nopeek" in config.defense.components:
         assert all(row["nopeek_active_steps"] == 5 for row in rows)
         assert all(0 < row["nopeek_loss"] <= 1 for row in rows)
-    if "cem" in config.defense.components:
+    variant = config.defense.cem_variant
+    if variant is not None:
         # CEM starts once the first epoch's clustering exists.
         assert rows[0]["cem_active_steps"] == 0
         assert "cem_loss" not in rows[0]
@@ -144,11 +152,40 @@ def test_two_epochs_with_defense(name, services, tmp_path):
             assert math.isfinite(row["cem_logdet"])
             assert row["cem_cluster_seconds"] >= 0
         state = load_checkpoint(newest_client_checkpoint(tmp_path / "client"), required_keys=("defense",))
-        clusters = state["defense"]["losses"]["cem"]["clusters"]
+        saved = state["defense"]["losses"]["cem"]
+        clusters = saved["clusters"] if variant == "cem" else saved["clusterings"]["reference"]["clusters"]
         clusters_per_class = config.defense.num_clusters
         assert clusters["centroids"].shape == (10, clusters_per_class, FEATURE_ENTRIES)
         assert int(clusters["class_counts"].sum()) == TRAIN_IMAGES
         assert ("covariances" in clusters) == (config.defense.cem_clustering == "gmm")
+    if variant not in (None, "cem"):
+        check_attention_variant(config.defense, summary, rows, saved)
+
+
+def check_attention_variant(defense, summary, rows, saved):
+    """The variant's settings reach the summary, its weights train and are checkpointed."""
+    described = summary["defense"]
+    assert described["cem_combine"] == defense.combine
+    assert described["parameters"] > 0
+    if defense.cem_variant in ("cem-att", "cem-mix"):
+        assert (described["att_slots"], described["att_iterations"], described["att_heads"]) == (4, defense.att_iterations, 4)
+    if defense.cem_variant == "cem-mix":
+        assert 0 < rows[1]["cem_mix_weight_clustering"] < 1
+        assert rows[1]["cem_mix_weight_attention"] == pytest.approx(1 - rows[1]["cem_mix_weight_clustering"])
+        assert "cem_mix_weight_clustering" not in rows[0]
+    if defense.cem_variant == "cem-enhanced":
+        assert (described["enhanced_slots"], described["enhanced_layers"], described["enhanced_dim"]) == (4, 1, 64)
+        assert described["enhanced_floor"] == "noise"
+        assert described["cem_combine"] == "fused"
+
+    # The module trained during epoch 2: its weights moved from their seeded initial values.
+    seed = 125 + 1 + 1
+    fresh = build_defense(defense, 10, True, seed=125 + 1, feature_dim=FEATURE_ENTRIES).losses[0]
+    assert fresh.seed == seed
+    module = saved["module"]
+    assert set(module) == set(fresh.module.state_dict())
+    moved = [name for name, value in fresh.module.state_dict().items() if not torch.equal(value, module[name])]
+    assert moved
 
 
 @pytest.mark.slow
@@ -177,3 +214,31 @@ def test_demo_reports_defense(tmp_path):
 
     white_box = json.loads((out / "attacker" / "white_box.json").read_text())
     assert white_box["transmit"] == {"defense": "nopeek+cem", "noise": "gaussian", "noise_std": 0.025}
+
+
+@pytest.mark.slow
+def test_demo_reports_attention_variant(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "cemsplit.cli", "demo", *DATA, "--batch-size", "32", "--epochs", "2", "--decoder-epochs", "1",
+        "--defense", "cem-mix", "--noise-std", "0.025", "--num-clusters", "3", "--att-slots", "4", "--att-iterations", "1",
+        "--mix-prior-weight", "2", "--out", str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    report = json.loads((out / "report.json").read_text())
+    defense = report["defense"]
+    assert defense["name"] == "cem-mix"
+    assert defense["noise"] == "gaussian"
+    assert defense["noise_std"] == 0.025
+    assert (defense["att_slots"], defense["att_iterations"], defense["att_heads"], defense["att_dim"]) == (4, 1, 4, FEATURE_ENTRIES)
+    assert defense["mix_prior_weight"] == 2.0
+    assert defense["cem_combine"] == "separate"
+    last = report["epochs"][-1]
+    assert math.isfinite(last["cem_logdet"])
+    assert 0 < last["cem_mix_weight_clustering"] < 1
+    assert "CEM-mix clustering weight" in (out / "report.md").read_text()
+
+    white_box = json.loads((out / "attacker" / "white_box.json").read_text())
+    assert white_box["transmit"] == {"defense": "cem-mix", "noise": "gaussian", "noise_std": 0.025}

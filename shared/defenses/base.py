@@ -63,6 +63,17 @@ class ClientLoss(ABC):
         """Update state from the encoded training data after an epoch; returns metrics."""
         return {}
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Return the learned parameters that the client's optimizer trains with the encoder."""
+        return []
+
+    def to(self, device: torch.device) -> None:
+        """Move learned parameters to the device the encoder computes on."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Return means of this loss's own per-step values over the epoch, and reset them."""
+        return {}
+
     def state_dict(self) -> dict[str, object]:
         """Return the state to checkpoint (tensors and plain values only)."""
         return {}

@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 
 from cemsplit.shared.config import DefenseConfig
+from cemsplit.shared.defenses.attention import build_attention_loss
 from cemsplit.shared.defenses.base import ClientLoss, EncodeTrainingData, StepTensors
 from cemsplit.shared.defenses.cem.regularizer import CEMLoss
 from cemsplit.shared.defenses.nopeek import NoPeekLoss
@@ -85,6 +86,7 @@ class ClientDefense:
             metrics[f"{client_loss.name}_active_steps"] = steps
             if steps:
                 metrics[key] = self._sums[key] / steps
+            metrics.update(client_loss.epoch_metrics())
         self._sums.clear()
         self._counts.clear()
         return metrics
@@ -95,6 +97,15 @@ class ClientDefense:
         for client_loss in self.losses:
             diagnostics.update(client_loss.end_epoch(epoch, encode))
         return diagnostics
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Return the learned parameters of the client losses, for the client's optimizer."""
+        return [parameter for client_loss in self.losses for parameter in client_loss.parameters()]
+
+    def to(self, device: torch.device) -> None:
+        """Move the client losses' learned parameters to the encoder's device; noise draws stay on the CPU generator."""
+        for client_loss in self.losses:
+            client_loss.to(device)
 
     @property
     def needs_epoch_update(self) -> bool:
@@ -131,21 +142,30 @@ class ClientDefense:
         return description
 
 
-def build_defense(config: DefenseConfig, num_classes: int, client_sigmoid: bool, seed: int) -> ClientDefense:
+def build_defense(
+    config: DefenseConfig, num_classes: int, client_sigmoid: bool, seed: int, feature_dim: int | None = None
+) -> ClientDefense:
     """Return the client defence named in config.defense.
 
     Args:
         config: the defence section of the run config.
         num_classes: classes of the task (CEM clusters each one).
         client_sigmoid: whether the client ends in a sigmoid (CEM's default K).
-        seed: seed of noise, dropout and clustering draws.
+        seed: seed of noise, dropout and clustering draws, and of the attention variants' weights.
+        feature_dim: D, the number of entries of one sample's features; the attention variants
+            size their weights by it, and the other defences ignore it.
     """
     parts = config.components
     losses: list[ClientLoss] = []
     if "nopeek" in parts:
         losses.append(NoPeekLoss(config.nopeek_weight))
-    if "cem" in parts:
+    variant = config.cem_variant
+    if variant == "cem":
         losses.append(CEMLoss(config, num_classes, client_sigmoid, seed + 1))
+    elif variant is not None:
+        if feature_dim is None:
+            raise ValueError(f"defense {config.defense!r} needs feature_dim, the number of feature entries per sample, to size its attention")
+        losses.append(build_attention_loss(variant, config, num_classes, client_sigmoid, feature_dim, seed + 1))
     defense = ClientDefense(config.defense, TransmitTransform.from_config(config), losses, seed)
     log.info("client defence %s", defense.describe())
     return defense

@@ -49,7 +49,7 @@ class CEMLoss(ClientLoss):
         self.noise_std = config.noise_std
         self.weight = config.cem_weight
         self.var_threshold = config.var_threshold
-        self.combine = config.cem_combine
+        self.combine = config.combine
         self.mode = config.cem_mode
         self.method = config.cem_clustering
         self.max_iter = config.cem_max_iter
