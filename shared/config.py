@@ -8,6 +8,7 @@ fields below, so `--help` and the config file always describe the same settings.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import types
 import typing
@@ -417,6 +418,19 @@ HIDDEN_FLAGS = {
 }
 
 
+def _suggestion(location: tuple[Any, ...]) -> str:
+    """Return " (did you mean 'section.key'?)" for the valid key closest to an unknown one, or ""."""
+    *parents, name = (str(part) for part in location)
+    if not parents:
+        known = list(RunConfig.model_fields)
+    elif len(parents) == 1 and parents[0] in RunConfig.model_fields:
+        known = list(RunConfig.model_fields[parents[0]].annotation.model_fields)
+    else:
+        return ""
+    matches = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {'.'.join([*parents, matches[0]])!r}?)" if matches else ""
+
+
 def format_validation_error(error: ValidationError, source: str, sources: dict[tuple[str, ...], str] | None = None) -> str:
     """Render a pydantic error as one line per key: 'source: section.key: problem (got value)'.
 
@@ -429,7 +443,7 @@ def format_validation_error(error: ValidationError, source: str, sources: dict[t
         origin = (sources or {}).get(tuple(str(part) for part in item["loc"][:2]), source)
         problem = item["msg"]
         if item["type"] == "extra_forbidden":
-            problem = "unknown key; check its spelling against `cemsplit <role> --help`"
+            problem = "unknown key" + _suggestion(item["loc"]) + "; configs/demo.yaml lists every key"
         got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and "input" in item else ""
         lines.append(f"{origin}: {key}: {problem}{got}")
     return "\n".join(lines)

@@ -23,14 +23,14 @@ def test_defaults_validate():
 def test_unknown_key_names_the_key(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  epochz: 3\n")
-    with pytest.raises(ConfigError, match=r"run.yaml: train.epochz: unknown key"):
+    with pytest.raises(ConfigError, match=r"run.yaml: train.epochz: unknown key \(did you mean 'train.epochs'\?\)"):
         parse("client", "--config", str(path))
 
 
 def test_unknown_section_names_the_section(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("trainer:\n  epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"trainer: unknown key"):
+    with pytest.raises(ConfigError, match=r"trainer: unknown key \(did you mean 'train'\?\)"):
         parse("client", "--config", str(path))
 
 
