@@ -154,8 +154,8 @@ def test_hard_responsibilities_reduce_to_reference(digit_features):
     for mode in ("hinge", "plain"):
         expected = cem_loss(z, batch_labels, clusters, SIGMA, TAU, mode)
         got = responsibility_cem_loss(z, batch_labels, reconstructions, responsibilities, clusters, SIGMA, TAU, mode)
-        assert float(expected) > 0
-        assert float(got) == pytest.approx(float(expected), rel=1e-6)
+        assert float(expected.detach()) > 0
+        assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 @pytest.mark.parametrize("width", [FEATURE_DIM, 56])
@@ -174,7 +174,7 @@ def test_one_slot_reduces_to_per_class_variance_term(width, digit_features):
 
     expected = cem_loss(z, batch_labels, clusters, SIGMA, TAU)
     got = responsibility_cem_loss(z, batch_labels, reconstructions, responsibilities, clusters, SIGMA, TAU)
-    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
 # -- Edge cases --------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_inactive_before_clustering_and_skips_unclustered_classes(variant, digit
     client_loss.end_epoch(1, lambda: (all_features[low], all_labels[low]))
     high = labels >= 5
     assert client_loss.loss(step_of(features[high], labels[high])) is None
-    assert math.isfinite(float(client_loss.loss(step_of(features, labels))))
+    assert math.isfinite(float(client_loss.loss(step_of(features, labels)).detach()))
 
 
 # -- Soundness: measured on z, not lowered by shrinking outputs ----------------------------------------------
