@@ -300,7 +300,7 @@ def train_blend_weights(guarded: bool, steps: int = 300) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(network(statistics)[0])
+    return float(network(statistics)[0].detach())
 
 
 def test_mix_guard_keeps_weights_off_the_smaller_branch():
@@ -314,10 +314,11 @@ def test_mix_blend_value_and_branch_gradients():
     logits = torch.tensor([0.3, -0.1], requires_grad=True)
     weights = torch.softmax(logits, dim=0)
     blended = guarded_blend(clustering, attention, weights, 0.2, 0.6, prior_weight=1.0)
-    assert float(blended) == pytest.approx(float(weights[0] * 0.2 + weights[1] * 0.6), rel=1e-6)
+    first, second = (float(weight) for weight in weights.detach())
+    assert float(blended.detach()) == pytest.approx(first * 0.2 + second * 0.6, rel=1e-6)
     blended.backward()
-    assert float(clustering.grad) == pytest.approx(float(weights[0]), rel=1e-6)
-    assert float(attention.grad) == pytest.approx(float(weights[1]), rel=1e-6)
+    assert float(clustering.grad) == pytest.approx(first, rel=1e-6)
+    assert float(attention.grad) == pytest.approx(second, rel=1e-6)
 
 
 def test_mix_logs_blend_weights(digit_features):
