@@ -5,7 +5,7 @@ with mode 0600 (see cemsplit.shared.checkpoint). The client marks the same steps
 to checkpoint, so after a restart of either side the two halves resume from a step both hold.
 The newest `keep` files are kept.
 
-A checkpoint holds the encoder and its optimizer, the defence's state (noise generator,
+A checkpoint contains the encoder and its optimizer, the defence's state (noise generator,
 clustering), the data-order state (epoch, next batch, augmentation generator), the running
 sums of the epoch's training metrics, the session id and the settings that must not change
 between the interrupted run and its continuation.

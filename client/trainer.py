@@ -6,10 +6,10 @@ backward pass and runs its per-epoch updates; this loop only calls it.
 Restarts lose nothing. Calls that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
 backoff. A retried step is not applied twice: the server replies with its stored reply to that step. Every
 `train.checkpoint_every` steps and at every epoch end the client asks the server to checkpoint
-the step and checkpoints its own half (cemsplit.client.checkpoints). When the server no longer
-knows the session (it restarted), or when the client itself starts again on the same run
-directory, the client reopens the session with the steps it holds, the server answers with the
-newest step both halves hold, and the client rewinds to it. A stop request (SIGTERM) finishes
+the step and checkpoints its own half (cemsplit.client.checkpoints). When the server has lost
+the session (it restarted), or when the client itself starts again on the same run directory,
+the client reopens the session with the steps it has checkpointed, the server replies with the
+newest step both halves have, and the client rewinds to it. A stop request (SIGTERM) finishes
 the current step, checkpoints both halves and returns.
 """
 

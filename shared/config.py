@@ -324,7 +324,7 @@ class ClientConfig(Section):
     name: str = Field("client", min_length=1, max_length=128, description="client name sent to the server")
     keep_checkpoints: int = Field(3, ge=1, le=1000, description="client checkpoints kept in <run-dir>/checkpoints, newest first")
     resume: bool = Field(
-        True, description="continue the run whose checkpoints are in <run-dir>/checkpoints; false refuses to start while any are there"
+        True, description="continue the run whose checkpoints are in <run-dir>/checkpoints; false makes the client exit with an error while any are there"
     )
 
 

@@ -10,7 +10,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class DeviceError(ValueError):
-    """A device setting this machine cannot honour; the message says what to change."""
+    """A device setting this machine cannot honour; the message names the setting to change."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -32,7 +32,7 @@ def test_cuda_without_gpu_names_the_setting():
 
 
 @NO_GPU
-def test_server_with_cuda_and_no_gpu_exits_with_the_reason(tmp_path):
+def test_server_cuda_without_gpu_fails(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "cemsplit.cli", "server", "--run-dir", str(tmp_path), "--device", "cuda", "--server-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=120,
