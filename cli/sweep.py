@@ -83,7 +83,7 @@ def run_sweep(
         todo.append((run, run_dir))
     print(
         f"cemsplit sweep: {len(runs)} runs ({finished_before} finished earlier, {len(todo)} to run), "
-        f"{len(skipped)} combinations skipped as invalid; output {out}",
+        f"{len(skipped)} combinations skipped (invalid, or the same run as another); output {out}",
         flush=True,
     )
     for item in skipped:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import re
 from dataclasses import dataclass
 
 import yaml
 
 from cemsplit.shared.config import ConfigError, RunConfig, build_config
+from cemsplit.shared.defenses import build_defense
+from cemsplit.shared.specs import split_spec
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,25 @@ def _slug(value: object) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", str(value))
 
 
+def effective_settings(config: RunConfig) -> str:
+    """Return a canonical text of what a run with this config does.
+
+    The defence section is replaced by the settings the built defence reports using, so two
+    configs that differ only in a setting their defence ignores (cem_weight under
+    --defense noise, for example) give the same text.
+    """
+    spec = split_spec(config)
+    defense = build_defense(config.defense, spec.num_classes, spec.client_sigmoid, config.train.seed + 1, math.prod(spec.feature_shape))
+    values = config.model_dump(mode="json")
+    values["defense"] = defense.describe()
+    return json.dumps(values, sort_keys=True)
+
+
 def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list[dict[str, object]]]:
-    """Expand the grid into runs; combinations the config rejects are returned as skipped.
+    """Expand the grid into runs; invalid combinations and repeats of an earlier run are skipped.
+
+    A combination is a repeat when it differs from an earlier one only in settings its defence
+    does not use; it would train and score exactly the same.
 
     Returns (runs, skipped), where each skipped entry holds the settings and the reason.
     """
@@ -90,6 +111,7 @@ def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list
         raise ConfigError(f"--grid names a key twice: {keys}")
     runs: list[PlannedRun] = []
     skipped: list[dict[str, object]] = []
+    first_run_of: dict[str, str] = {}
     base_values = base.model_dump(mode="json")
     for combination in itertools.product(*(axis.values for axis in axes)):
         settings = tuple(zip(keys, combination))
@@ -97,10 +119,17 @@ def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list
         for axis, value in zip(axes, combination):
             values[axis.section][axis.field] = value
         try:
-            build_config(values, "sweep grid")
+            config = build_config(values, "sweep grid")
         except ConfigError as error:
             skipped.append({"settings": dict(settings), "reason": str(error)})
             continue
+
         name = "__".join(f"{axis.field}-{_slug(value)}" for axis, value in zip(axes, combination))
+        effective = effective_settings(config)
+        if effective in first_run_of:
+            reason = f"same run as {first_run_of[effective]}: --defense {config.defense.defense} does not use the settings that differ"
+            skipped.append({"settings": dict(settings), "reason": reason, "same_as": first_run_of[effective]})
+            continue
+        first_run_of[effective] = name
         runs.append(PlannedRun(name, settings))
     return runs, skipped

@@ -49,6 +49,28 @@ def test_invalid_combinations_are_skipped():
     assert "needs noise_std > 0" in skipped[1]["reason"]
 
 
+def test_repeats_of_a_run_are_skipped():
+    runs, skipped = plan_runs([parse_axis("defense=noise,cem"), parse_axis("cem_weight=0,8")], RunConfig(defense={"defense": "noise", "noise_std": 0.05}))
+    assert [run.name for run in runs] == ["defense-noise__cem_weight-0", "defense-cem__cem_weight-0", "defense-cem__cem_weight-8"]
+    assert skipped == [
+        {
+            "settings": {"defense.defense": "noise", "defense.cem_weight": 8},
+            "reason": "same run as defense-noise__cem_weight-0: --defense noise does not use the settings that differ",
+            "same_as": "defense-noise__cem_weight-0",
+        }
+    ]
+
+
+def test_settings_a_defence_uses_are_never_merged():
+    base = RunConfig(defense={"defense": "cem-att", "noise_std": 0.05})
+    axes = [parse_axis("att_iterations=1,3"), parse_axis("att_slots=4,8"), parse_axis("var_threshold=0.1,0.2")]
+    runs, skipped = plan_runs(axes, base)
+    assert (len(runs), skipped) == (8, [])
+    runs, skipped = plan_runs([parse_axis("enhanced_slots=6,12"), parse_axis("defense=cem-enhanced,cem-att")], base)
+    assert [run.name for run in runs] == ["enhanced_slots-6__defense-cem-enhanced", "enhanced_slots-6__defense-cem-att", "enhanced_slots-12__defense-cem-enhanced"]
+    assert skipped[0]["same_as"] == "enhanced_slots-6__defense-cem-att"
+
+
 def test_pareto_front():
     points = [(0.01, 0.99), (0.02, 0.98), (0.015, 0.97), (0.03, 0.90), (0.03, 0.85)]
     assert sorted(pareto_front(points, larger_x_is_better=True)) == [0, 1, 3]
