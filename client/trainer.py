@@ -118,6 +118,7 @@ class SplitClient:
         self.encoder = ClientNet(self.spec).to(self.device)
         feature_dim = math.prod(self.spec.feature_shape)
         self.defense = build_defense(config.defense, self.spec.num_classes, self.spec.client_sigmoid, config.train.seed + 1, feature_dim)
+        log.info("client defence %s", self.defense.describe())
         self.defense.to(self.device)
         # The attention variants' weights train with the encoder, under the same schedule.
         groups = [{"params": list(self.encoder.parameters())}]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 
 import torch
@@ -14,7 +13,6 @@ from cemsplit.shared.defenses.cem.regularizer import CEMLoss
 from cemsplit.shared.defenses.nopeek import NoPeekLoss
 from cemsplit.shared.defenses.transmit import TransmitTransform
 
-log = logging.getLogger(__name__)
 
 
 class ClientDefense:
@@ -166,6 +164,4 @@ def build_defense(
         if feature_dim is None:
             raise ValueError(f"defense {config.defense!r} needs feature_dim, the number of feature entries per sample, to size its attention")
         losses.append(build_attention_loss(variant, config, num_classes, client_sigmoid, feature_dim, seed + 1))
-    defense = ClientDefense(config.defense, TransmitTransform.from_config(config), losses, seed)
-    log.info("client defence %s", defense.describe())
-    return defense
+    return ClientDefense(config.defense, TransmitTransform.from_config(config), losses, seed)
