@@ -62,10 +62,11 @@ def summarise(cells: dict[tuple, dict[int, dict]]) -> list[dict]:
         seeds = sorted(by_seed)
         accuracy = [by_seed[seed]["test_accuracy"] for seed in seeds]
         mse = [by_seed[seed]["attack_mse"] for seed in seeds]
+        ssim = [by_seed[seed]["attack_ssim"] for seed in seeds]
         ratios = {seed: by_seed[seed]["attack_mse"] / reference[seed]["attack_mse"] for seed in seeds if seed in reference}
         summaries.append({
             "defense": setting[0], "lambda": setting[1], "combine": setting[2], "seeds": seeds,
-            "test_accuracy": accuracy, "attack_mse": mse,
+            "test_accuracy": accuracy, "attack_mse": mse, "attack_ssim": ssim,
             "mse_vs_cem": [ratios[seed] for seed in sorted(ratios)],
             "revisions": sorted({by_seed[seed]["revision"] for seed in seeds}),
         })
@@ -81,8 +82,8 @@ def _mean_spread(values: list[float], scale: float = 1.0, digits: int = 4) -> st
 def markdown(summaries: list[dict]) -> str:
     """Return the table: mean ± sample standard deviation over seeds, and the per-seed ratios."""
     lines = [
-        "| defence | lambda | combine | seeds | test accuracy | attack MSE | MSE vs cem, per seed | mean MSE vs cem |",
-        "|---|---|---|---|---|---|---|---|",
+        "| defence | lambda | combine | seeds | test accuracy | attack MSE | attack SSIM | MSE vs cem, per seed | mean MSE vs cem |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summaries:
         ratios = ", ".join(f"{ratio - 1:+.1%}" for ratio in row["mse_vs_cem"]) or "-"
@@ -90,7 +91,7 @@ def markdown(summaries: list[dict]) -> str:
         lam = "-" if row["lambda"] is None else f"{row['lambda']:g}"
         lines.append(
             f"| {row['defense']} | {lam} | {row['combine']} | {len(row['seeds'])} | {_mean_spread(row['test_accuracy'])} | "
-            f"{_mean_spread(row['attack_mse'], digits=5)} | {ratios} | {mean_ratio} |"
+            f"{_mean_spread(row['attack_mse'], digits=5)} | {_mean_spread(row['attack_ssim'])} | {ratios} | {mean_ratio} |"
         )
     return "\n".join(lines) + "\n"
 
