@@ -17,11 +17,11 @@ import time
 
 import grpc
 
+from cemsplit.server.record_queue import RecordQueue
 from cemsplit.shared.config import TransportConfig
-from cemsplit.shared.logs import RateLimitedLog
 from cemsplit.shared.security import open_channel
 from cemsplit.shared.wire import channel_options
-from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc, split_pb2
+from cemsplit.v1 import attacker_pb2, attacker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
 
 
-class AttackerMirror:
+class AttackerMirror(RecordQueue):
     """Streams TrafficRecords to an attacker at `address` from a bounded queue.
 
     Counters: `enqueued` records accepted into the queue, `sent` records the attacker confirmed,
@@ -41,11 +41,8 @@ class AttackerMirror:
     """
 
     def __init__(self, address: str, max_queue: int, transport: TransportConfig) -> None:
+        super().__init__(max_queue, "attacker mirror", log)
         self.address = address
-        self.enqueued = 0
-        self.sent = 0
-        self.dropped = 0
-        self._queue: queue.Queue[attacker_pb2.TrafficRecord] = queue.Queue(maxsize=max_queue)
         self._options = channel_options(transport.max_message_mb)
         self._transport = transport
         self._open_channel: grpc.Channel | None = None
@@ -54,27 +51,8 @@ class AttackerMirror:
         self._idle = threading.Condition()
         self._busy = False
         self._reachable = True
-        self._counter_lock = threading.Lock()
-        self._drop_log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="attacker-mirror", daemon=True)
         self._thread.start()
-
-    def offer(self, record: attacker_pb2.TrafficRecord) -> bool:
-        """Queue a record without blocking; returns False and counts a drop when the queue is full."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            with self._counter_lock:
-                self.dropped += 1
-            self._drop_log.warning("attacker mirror queue is full (%d records); dropping records", self._queue.maxsize)
-            return False
-        with self._counter_lock:
-            self.enqueued += 1
-        return True
-
-    def stats(self) -> split_pb2.MirrorStats:
-        with self._counter_lock:
-            return split_pb2.MirrorStats(enqueued=self.enqueued, sent=self.sent, dropped=self.dropped)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued record reached the attacker or was dropped; False on timeout."""

@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from cemsplit.shared.logs import RateLimitedLog
+from cemsplit.server.record_queue import RecordQueue
 from cemsplit.shared.traffic_log import TrafficLogWriter
-from cemsplit.v1 import attacker_pb2, split_pb2
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.2
 
 
-class TrafficLogRecorder:
+class TrafficLogRecorder(RecordQueue):
     """Appends offered TrafficRecords to a traffic log from a background thread.
 
     Counters: `enqueued` records accepted into the queue, `sent` records appended to the log,
@@ -36,16 +35,11 @@ class TrafficLogRecorder:
     """
 
     def __init__(self, writer: TrafficLogWriter, max_queue: int) -> None:
+        super().__init__(max_queue, "traffic log", log)
         self.writer = writer
-        self.enqueued = 0
-        self.sent = 0
-        self.dropped = 0
-        self._queue: queue.Queue[attacker_pb2.TrafficRecord] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
-        self._counter_lock = threading.Lock()
-        self._drop_log = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="traffic-log", daemon=True)
         self._thread.start()
         log.info("writing traffic log to %s (fsync %s, segments of %d bytes)", writer.directory, writer.fsync, writer.segment_bytes)
@@ -53,23 +47,6 @@ class TrafficLogRecorder:
     @property
     def directory(self) -> Path:
         return self.writer.directory
-
-    def offer(self, record: attacker_pb2.TrafficRecord) -> bool:
-        """Queue a record without blocking; returns False and counts a drop when the queue is full."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            with self._counter_lock:
-                self.dropped += 1
-            self._drop_log.warning("traffic log queue is full (%d records); dropping records", self._queue.maxsize)
-            return False
-        with self._counter_lock:
-            self.enqueued += 1
-        return True
-
-    def stats(self) -> split_pb2.MirrorStats:
-        with self._counter_lock:
-            return split_pb2.MirrorStats(enqueued=self.enqueued, sent=self.sent, dropped=self.dropped)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued record is in the log and fsynced; False on timeout."""

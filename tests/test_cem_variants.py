@@ -373,7 +373,7 @@ def test_state_survives_a_checkpoint(variant, digit_features, tmp_path):
     restored.load_state_dict(state["loss"])
     for (name, original), copy in zip(client_loss.module.named_parameters(), restored.parameters()):
         assert torch.equal(original, copy), name
-    assert float(restored.loss(step_of(features, labels))) == float(client_loss.loss(step_of(features, labels)))
+    assert restored.loss(step_of(features, labels)).item() == client_loss.loss(step_of(features, labels)).item()
 
 
 def test_client_optimizer_trains_defense_parameters(tmp_path):

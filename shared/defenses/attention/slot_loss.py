@@ -19,12 +19,10 @@ The variance is measured on z, against the real noise variance, whatever produce
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from cemsplit.shared.defenses.cem.clusters import ClassClusters
-from cemsplit.shared.defenses.cem.loss import BATCH_SHARE_GAIN, HINGE_OFFSET, MAX_BATCH_SHARE, PLAIN_OFFSET, CEMMode
+from cemsplit.shared.defenses.cem.loss import CEMMode, blended_cluster_loss
 
 
 def responsibility_cem_loss(
@@ -78,21 +76,5 @@ def responsibility_cem_loss(
     sums = torch.zeros(cells, dtype=z.dtype, device=z.device).index_add(0, cell_index, (responsibilities * squared[:, None]).flatten())
 
     # Clusters with pi = 0 are empty in the per-epoch clustering; their terms would be 0.
-    pi_all = weights.flatten()
-    present = (members > 0) & (pi_all > 0)
-    pi = pi_all[present]
-    batch_variance = sums[present] / members[present]
-    expected_size = pi * clusters.samples / num_classes
-    alpha = (BATCH_SHARE_GAIN * members[present] / expected_size).clamp(max=MAX_BATCH_SHARE)
-    blended = alpha * batch_variance + (1.0 - alpha) * variances.flatten()[present]
-
-    if mode == "hinge":
-        floor = math.log(var_threshold * noise_std**2 + HINGE_OFFSET)
-        terms = pi * torch.relu(torch.log(blended + HINGE_OFFSET) - floor)
-    elif mode == "plain":
-        terms = pi * (blended + PLAIN_OFFSET)
-    else:
-        raise ValueError(f"CEM mode {mode!r} is unknown; use hinge or plain")
-
-    classes_in_batch = int((torch.bincount(labels, minlength=num_classes) > 0).sum())
-    return terms.sum() / classes_in_batch
+    present = (members > 0) & (weights.flatten() > 0)
+    return blended_cluster_loss(members, sums, present, labels, clusters.samples, weights, variances, noise_std, var_threshold, mode)

@@ -107,13 +107,42 @@ def cem_loss(
     squared = (z - flat_centroids[cluster_index]).pow(2).mean(dim=1)
     members = torch.bincount(cluster_index, minlength=cells).to(z.dtype)
     sums = torch.zeros(cells, dtype=z.dtype, device=z.device).index_add(0, cluster_index, squared)
-    present = members > 0
+    return blended_cluster_loss(members, sums, members > 0, labels, clusters.samples, weights, variances, noise_std, var_threshold, mode)
+
+
+def blended_cluster_loss(
+    members: torch.Tensor,
+    sums: torch.Tensor,
+    present: torch.Tensor,
+    labels: torch.Tensor,
+    samples: int,
+    weights: torch.Tensor,
+    variances: torch.Tensor,
+    noise_std: float,
+    var_threshold: float,
+    mode: CEMMode,
+) -> torch.Tensor:
+    """Return the CEM loss from the batch's statistics per (class, cluster) cell.
+
+    Args:
+        members: batch members of each cell [C * K]: counts, or soft counts.
+        sums: the members' summed per-sample mean squared residuals [C * K], with autograd.
+        present: the cells that enter the loss [C * K], bool; each needs members > 0.
+        labels: class indices of the batch [B], to count its classes.
+        samples: N, the samples of last epoch's clustering.
+        weights: pi [C, K] of last epoch's clusters.
+        variances: vbar [C, K] of last epoch's clusters.
+        noise_std: sigma > 0 (hinge mode).
+        var_threshold: tau > 0.
+        mode: "hinge" or "plain".
+    """
+    num_classes = weights.shape[0]
+    pi = weights.flatten()[present]
     batch_variance = sums[present] / members[present]
 
     # NOTE: pi * N / C, the reference's expected cluster size, is exact only for balanced
     # classes. On skewed data alpha over- or underweights the batch estimate.
-    pi = weights.flatten()[present]
-    expected_size = pi * clusters.samples / num_classes
+    expected_size = pi * samples / num_classes
     alpha = (BATCH_SHARE_GAIN * members[present] / expected_size).clamp(max=MAX_BATCH_SHARE)
     blended = alpha * batch_variance + (1.0 - alpha) * variances.flatten()[present]
 
