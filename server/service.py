@@ -56,8 +56,8 @@ class Session:
     epoch: int = 0
     last_reply: split_pb2.TrainReply | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # Optimizer step (and records to publish) of the last training step, still running after
-    # its reply was sent; everything that touches the session waits for it under `lock`.
+    # Optimizer step and record publishing of the last training step, which may still run after
+    # its reply was sent. Everything that touches the session waits for it under `lock`.
     pending_update: Future | None = None
     update_worker: ThreadPoolExecutor | None = None
 
@@ -91,7 +91,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         max_abs_activation: largest absolute activation accepted; 0 accepts any finite value.
         device: where the server halves compute; requests are decoded on the CPU and moved there.
         update_after_reply: send each step's feature gradient before the optimizer step, which then
-            runs while the client works; the next call on the session waits for it, so training
+            runs while the client works. The next call on the session waits for it, so training
             is unchanged. Steps that checkpoint apply the update before replying.
     """
 
@@ -129,7 +129,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         return self._handle(context, "TrainStep", request.session_id, request.step, lambda: self._train(request))
 
     def TrainStream(self, requests: Iterable[split_pb2.TrainRequest], context: grpc.ServicerContext) -> Iterator[split_pb2.TrainReply]:
-        """Answer each training step of one stream as TrainStep does; a rejected step ends the stream with its status."""
+        """Handle each training step of one stream as TrainStep does; a rejected step ends the stream with its status."""
         session_id, steps = "-", 0
         for request in requests:
             session_id = request.session_id
@@ -190,7 +190,10 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         session = self._build_session(uuid.uuid4().hex, request)
         with self._sessions_lock:
             self._sessions[session.session_id] = session
-        log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
+        log.info(
+            "opened session %s for client %r (wire %s, optimizer step %s the reply)",
+            session.session_id, session.client_name, _dtype_name(session.wire_dtype), "after" if self.update_after_reply else "before",
+        )
 
         self._publish(
             lambda: attacker_pb2.TrafficRecord(
@@ -444,7 +447,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         return reply
 
     def _finish_step(self, session: Session, request: split_pb2.TrainRequest) -> None:
-        """Apply the optimizer step of a step already answered, then publish its record."""
+        """Apply the optimizer step of a step whose reply was sent, then publish its record."""
         session.optimizer.step()
         self._publish_step(session, request)
 

@@ -321,7 +321,7 @@ class ServerConfig(Section):
     keep_checkpoints: int = Field(3, ge=2, le=1000, description="checkpoints kept per session, newest first")
     max_abs_activation: float = Field(1e4, ge=0, description="largest absolute activation value accepted; 0 accepts any finite value")
     update_after_reply: bool = Field(
-        False,
+        True,
         description="reply with the feature gradient before the server half's optimizer step, which then runs while the client "
         "works; results are unchanged because the next call on the session waits for it",
     )

@@ -10,11 +10,12 @@ from conftest import TINY, RoleProcess
 
 # 10 steps of 64 digits; steps 4, 8 and 10 checkpoint and so update before replying, the rest after.
 TRAIN = [*TINY, "--epochs", "1", "--checkpoint-every", "4", "--retry-max-elapsed-s", "60"]
+SERVER = ["--train-limit", "640", "--test-limit", "200", "--aux-limit", "256", "--threads", "1"]
 
 
 def train_once(workdir: Path, update_after_reply: str) -> tuple[dict, dict, dict]:
     """Run a server and a client to the end; returns the summary, encoder weights and server snapshot weights."""
-    server = RoleProcess("server", [*TINY, "--update-after-reply", update_after_reply], workdir)
+    server = RoleProcess("server", [*SERVER, "--update-after-reply", update_after_reply], workdir)
     try:
         server.wait_port()
         client = RoleProcess("client", [*TRAIN, "--server", server.address], workdir)
@@ -22,6 +23,8 @@ def train_once(workdir: Path, update_after_reply: str) -> tuple[dict, dict, dict
         assert client.process.returncode == 0, client.log()
     finally:
         server.stop()
+    expected = "after" if update_after_reply == "true" else "before"
+    assert f"optimizer step {expected} the reply" in server.log()
 
     summary = json.loads((workdir / "client" / "summary.json").read_text())
     encoder = torch.load(workdir / "client" / "encoder.pt", weights_only=True)["encoder"]
