@@ -57,18 +57,20 @@ from cemsplit.v1 import split_pb2
 
 SETTINGS = {"bottleneck": 8, "wide": 0}
 # Settings of each gRPC mode: transport.* fields, server.update_after_reply, and "aio" for the
-# asyncio server.
+# asyncio server. Every mode sets train_call and update_after_reply, so that changed product
+# defaults do not change what a mode measures.
 GRPC_VARIANTS: dict[str, dict[str, object]] = {
-    "grpc": {"train_call": "unary"},
-    "grpc_fp16": {"train_call": "unary", "wire_dtype": "float16"},
-    "grpc_bf16": {"train_call": "unary", "wire_dtype": "bfloat16"},
-    "grpc_zlib": {"train_call": "unary", "compress": True},
-    "grpc_stream": {"train_call": "stream"},
-    "grpc_stream_fp16": {"train_call": "stream", "wire_dtype": "float16"},
+    "grpc": {"train_call": "unary", "update_after_reply": False},
+    "grpc_fp16": {"train_call": "unary", "update_after_reply": False, "wire_dtype": "float16"},
+    "grpc_bf16": {"train_call": "unary", "update_after_reply": False, "wire_dtype": "bfloat16"},
+    "grpc_zlib": {"train_call": "unary", "update_after_reply": False, "compress": True},
+    "grpc_stream": {"train_call": "stream", "update_after_reply": False},
+    "grpc_stream_fp16": {"train_call": "stream", "update_after_reply": False, "wire_dtype": "float16"},
     "grpc_overlap": {"train_call": "unary", "update_after_reply": True},
     "grpc_stream_overlap": {"train_call": "stream", "update_after_reply": True},
-    "aio": {"train_call": "unary", "aio": True},
-    "aio_stream": {"train_call": "stream", "aio": True},
+    "grpc_stream_overlap_fp16": {"train_call": "stream", "update_after_reply": True, "wire_dtype": "float16"},
+    "aio": {"train_call": "unary", "update_after_reply": False, "aio": True},
+    "aio_stream": {"train_call": "stream", "update_after_reply": False, "aio": True},
 }
 MODES = ["in_process", *GRPC_VARIANTS, "torch_rpc"]
 PRECISIONS = ("float32", "float16", "bfloat16")
