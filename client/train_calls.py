@@ -1,4 +1,4 @@
-"""How the client sends training steps: one unary TrainStep call per step, or one TrainStream stream.
+"""Senders of the client's training steps: one unary TrainStep call per step, or one TrainStream stream.
 
 Both kinds make one attempt per `call` and raise grpc.RpcError on failure, so that the trainer's
 retry logic (cemsplit.shared.retry) treats them alike. The stream kind keeps one bidirectional
@@ -28,6 +28,8 @@ _END = object()
 class TrainCalls(Protocol):
     """Sends one training request per call and returns its reply."""
 
+    method: str
+
     def call(self, request: split_pb2.TrainRequest) -> split_pb2.TrainReply:
         """Make one attempt; raises grpc.RpcError when it fails."""
         ...
@@ -54,6 +56,8 @@ class StreamFailure(grpc.RpcError):
 
 class UnaryTrainCalls:
     """One TrainStep call per step, each with the deadline timeout_s in seconds."""
+
+    method = "TrainStep"
 
     def __init__(self, stub: split_pb2_grpc.SplitLearningStub, timeout_s: float) -> None:
         self._stub = stub
@@ -94,6 +98,8 @@ class _OpenStream:
 
 class StreamTrainCalls:
     """One long-lived TrainStream stream; each step waits at most timeout_s seconds for its reply."""
+
+    method = "TrainStream"
 
     def __init__(self, stub: split_pb2_grpc.SplitLearningStub, timeout_s: float) -> None:
         self._stub = stub

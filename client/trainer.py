@@ -301,7 +301,7 @@ class SplitClient:
                 labels=codec.encode(labels),
                 checkpoint=checkpoint,
             )
-            reply = self._call_with_retry(lambda: calls.call(request), f"TrainStep {step}")
+            reply = self._call_with_retry(lambda: calls.call(request), f"{calls.method} step {step}")
             gradient = codec.decode(reply.gradient, "gradient").to(self.device)
             if gradient.shape != transmitted.shape:
                 raise ClientError(f"server returned a gradient of shape {list(gradient.shape)} for activations {list(transmitted.shape)}")
