@@ -2,9 +2,12 @@
 
 (a) in_process: both halves in this process, no network: the limit.
 (b) grpc: the product: a `cemsplit server` process and this process as the client, over
-    loopback gRPC, through cemsplit's own client training loop (one unary call per step,
-    checkpoints at the epoch end included). Measured with float32, float16 and bfloat16 on the
-    wire, and with zlib compression.
+    loopback gRPC, through cemsplit's own client training loop (checkpoints at the epoch end
+    included). Measured with one unary TrainStep call per step (grpc*) and with one TrainStream
+    stream per epoch (grpc_stream*); with float32, float16 and bfloat16 on the wire and with
+    zlib compression; with the server's optimizer step after its reply (*_overlap,
+    server.update_after_reply); and with the same servicer logic behind an asyncio server
+    (aio*, benchmarks/aio_server.py) in place of the synchronous one.
 (c) torch_rpc: the same split over torch.distributed.rpc (TensorPipe), the server half in a
     second process.
 Every mode trains the same split model on the same mnist5k batches (same seed, batch size and
@@ -17,7 +20,11 @@ Also measured: protobuf bytes on the wire per sample (request and reply payloads
 resident memory of each process, the test accuracy after the measured epoch for each wire
 precision, a profile of the slowest gRPC setting, and one epoch of attack-decoder training.
 
-Usage: python -m benchmarks.transport [--steps 25] [--batch-size 128] [--repeats 3] [--result FILE]
+`--accuracy` instead trains full epochs of mnist5k at the bottleneck with each wire precision
+(same seed) and reports test accuracy, the effect of the wire precision on training.
+
+Usage: python -m benchmarks.transport [--steps 25] [--batch-size 128] [--repeats 3] [--modes ...] [--result FILE]
+       python -m benchmarks.transport --accuracy [--epochs 3] [--result FILE]
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from torch import nn
 
 from benchmarks.common import git_revision, write_result
 from cemsplit.attacker.white_box import encode_images, train_decoder
-from cemsplit.cli.processes import start_role, stop_children, wait_for_port_file
+from cemsplit.cli.processes import Child, start_role, stop_children, wait_for_port_file
 from cemsplit.client.trainer import SplitClient
 from cemsplit.shared import codec
 from cemsplit.shared.config import RunConfig, save_config
@@ -49,15 +56,28 @@ from cemsplit.shared.vgg import ServerNet
 from cemsplit.v1 import split_pb2
 
 SETTINGS = {"bottleneck": 8, "wide": 0}
-GRPC_VARIANTS = {
-    "grpc": {},
-    "grpc_fp16": {"wire_dtype": "float16"},
-    "grpc_bf16": {"wire_dtype": "bfloat16"},
-    "grpc_zlib": {"compress": True},
+# Settings of each gRPC mode: transport.* fields, server.update_after_reply, and "aio" for the
+# asyncio server. Every mode sets train_call and update_after_reply, so that changed product
+# defaults do not change what a mode measures.
+GRPC_VARIANTS: dict[str, dict[str, object]] = {
+    "grpc": {"train_call": "unary", "update_after_reply": False},
+    "grpc_fp16": {"train_call": "unary", "update_after_reply": False, "wire_dtype": "float16"},
+    "grpc_bf16": {"train_call": "unary", "update_after_reply": False, "wire_dtype": "bfloat16"},
+    "grpc_zlib": {"train_call": "unary", "update_after_reply": False, "compress": True},
+    "grpc_stream": {"train_call": "stream", "update_after_reply": False},
+    "grpc_stream_fp16": {"train_call": "stream", "update_after_reply": False, "wire_dtype": "float16"},
+    "grpc_overlap": {"train_call": "unary", "update_after_reply": True},
+    "grpc_stream_overlap": {"train_call": "stream", "update_after_reply": True},
+    "grpc_stream_overlap_fp16": {"train_call": "stream", "update_after_reply": True, "wire_dtype": "float16"},
+    "aio": {"train_call": "unary", "update_after_reply": False, "aio": True},
+    "aio_stream": {"train_call": "stream", "update_after_reply": False, "aio": True},
 }
+MODES = ["in_process", *GRPC_VARIANTS, "torch_rpc"]
+PRECISIONS = ("float32", "float16", "bfloat16")
 
 
 def make_config(bottleneck_channels: int, steps: int, batch_size: int, **transport: object) -> RunConfig:
+    """Return the benchmark's run config; `transport` sets transport fields and server.update_after_reply."""
     config = RunConfig()
     config.model.bottleneck_channels = bottleneck_channels
     config.data.train_limit = steps * batch_size
@@ -67,7 +87,10 @@ def make_config(bottleneck_channels: int, steps: int, batch_size: int, **transpo
     config.train.checkpoint_every = 0
     config.runtime.device = "cpu"
     for key, value in transport.items():
-        setattr(config.transport, key, value)
+        if key == "update_after_reply":
+            config.server.update_after_reply = bool(value)
+        elif key != "aio":
+            setattr(config.transport, key, value)
     return config
 
 
@@ -128,15 +151,26 @@ def run_in_process(config: RunConfig) -> dict[str, float]:
     return {"seconds": seconds, "samples_per_s": len(client.splits.train) / seconds, "client_peak_rss_mib": peak_rss_mib()}
 
 
-def run_grpc(config: RunConfig, workdir: Path, label: str, profile: bool = False) -> dict[str, object]:
+def start_server(config: RunConfig, workdir: Path, label: str, aio: bool) -> tuple[Child, Path]:
+    """Start `cemsplit server`, or the asyncio benchmark server when aio; returns it and its port file."""
     config_path = workdir / f"{label}.yaml"
     save_config(config, config_path)
     port_file = workdir / f"{label}.port"
-    server = start_role(
-        "server",
-        ["--config", str(config_path), "--run-dir", str(workdir / f"{label}-server"), "--server-listen", "127.0.0.1:0", "--server-port-file", str(port_file)],
-        workdir / "logs",
-    )
+    run_dir = workdir / f"{label}-server"
+    if not aio:
+        arguments = ["--config", str(config_path), "--run-dir", str(run_dir), "--server-listen", "127.0.0.1:0", "--server-port-file", str(port_file)]
+        return start_role("server", arguments, workdir / "logs"), port_file
+
+    log_path = workdir / "logs" / f"{label}-aio-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "benchmarks.aio_server", "--config", str(config_path), "--run-dir", str(run_dir), "--port-file", str(port_file)]
+    with open(log_path, "ab") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
+    return Child("aio-server", process, log_path), port_file
+
+
+def run_grpc(config: RunConfig, workdir: Path, label: str, profile: bool = False, aio: bool = False) -> dict[str, object]:
+    server, port_file = start_server(config, workdir, label, aio)
     try:
         port = wait_for_port_file(server, port_file, 120)
         config.client.server = f"127.0.0.1:{port}"
@@ -234,6 +268,33 @@ def decoder_epoch_seconds(config: RunConfig) -> float:
     return train_decoder(encode_images(client.encoder, images), images, 0.0, config.attacker, seed=1).seconds
 
 
+def run_accuracy(epochs: int, batch_size: int, workdir: Path) -> dict[str, dict[str, float]]:
+    """Train `epochs` full epochs of mnist5k at the bottleneck over gRPC per wire precision; returns test accuracy and timing."""
+    results = {}
+    for precision in PRECISIONS:
+        config = make_config(8, 1, batch_size, wire_dtype=precision)
+        config.data.train_limit = None
+        config.data.test_limit = None
+        label = f"accuracy-{precision}"
+        server, port_file = start_server(config, workdir, label, aio=False)
+        try:
+            config.client.server = f"127.0.0.1:{wait_for_port_file(server, port_file, 120)}"
+            client = SplitClient(config, workdir / f"{label}-client")
+            stub = client.connect()
+            manifest = ManifestWriter(workdir / f"{label}-client" / "manifest.jsonl")
+            started = time.perf_counter()
+            losses = [client.train_epoch(stub, epoch, manifest)["train_loss"] for epoch in range(1, epochs + 1)]
+            seconds = time.perf_counter() - started
+            manifest.close()
+            metrics = client.evaluate(stub)
+            client.channel.close()
+        finally:
+            stop_children([server])
+        results[precision] = {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"], "final_train_loss": losses[-1], "train_seconds": seconds}
+        print(json.dumps({precision: results[precision]}), flush=True)
+    return results
+
+
 def median_row(runs: list[dict[str, object]]) -> dict[str, object]:
     row: dict[str, object] = {}
     for key, value in runs[0].items():
@@ -251,7 +312,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: 128)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every mode; the median is reported (default: 3)")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS), help="splits to measure")
+    parser.add_argument("--modes", nargs="*", default=MODES, choices=MODES, help="modes to measure (default: all; ratios need in_process and torch_rpc)")
     parser.add_argument("--result", type=Path, default=Path("runs/bench/transport.json"), help="JSON result file")
+    parser.add_argument("--accuracy", action="store_true", help="only train full mnist5k epochs per wire precision and report test accuracy")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the --accuracy runs (default: 3)")
     parser.add_argument("--torch-rpc-client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_rpc_client:
@@ -259,26 +323,39 @@ def main() -> int:
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="cemsplit-bench-"))
+    if args.accuracy:
+        accuracy = run_accuracy(args.epochs, args.batch_size, workdir)
+        write_result(
+            args.result,
+            {"revision": git_revision(), "epochs": args.epochs, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(), "accuracy": accuracy},
+        )
+        return 0
+
+    variants = {mode: settings for mode, settings in GRPC_VARIANTS.items() if mode in args.modes}
     results: dict[str, dict[str, object]] = {}
     for setting in args.settings:
         channels = SETTINGS[setting]
         runs: dict[str, list[dict[str, object]]] = {}
         for repeat in range(args.repeats):
-            runs.setdefault("in_process", []).append(run_in_process(make_config(channels, args.steps, args.batch_size)))
-            for variant, transport in GRPC_VARIANTS.items():
-                config = make_config(channels, args.steps, args.batch_size, **transport)
-                runs.setdefault(variant, []).append(run_grpc(config, workdir, f"{setting}-{variant}-{repeat}"))
-            runs.setdefault("torch_rpc", []).append(run_torch_rpc(make_config(channels, args.steps, args.batch_size)))
+            if "in_process" in args.modes:
+                runs.setdefault("in_process", []).append(run_in_process(make_config(channels, args.steps, args.batch_size)))
+            for variant, settings in variants.items():
+                config = make_config(channels, args.steps, args.batch_size, **settings)
+                runs.setdefault(variant, []).append(run_grpc(config, workdir, f"{setting}-{variant}-{repeat}", aio=bool(settings.get("aio"))))
+            if "torch_rpc" in args.modes:
+                runs.setdefault("torch_rpc", []).append(run_torch_rpc(make_config(channels, args.steps, args.batch_size)))
             print(f"{setting}: repeat {repeat + 1}/{args.repeats} done", flush=True)
         rows: dict[str, object] = {mode: median_row(mode_runs) for mode, mode_runs in runs.items()}
-        for variant in GRPC_VARIANTS:
+        for variant in variants:
             grpc_rate = rows[variant]["samples_per_s"]  # type: ignore[index]
-            rows[variant]["over_in_process"] = grpc_rate / rows["in_process"]["samples_per_s"]  # type: ignore[index]
-            rows[variant]["over_torch_rpc"] = grpc_rate / rows["torch_rpc"]["samples_per_s"]  # type: ignore[index]
+            for reference, key in (("in_process", "over_in_process"), ("torch_rpc", "over_torch_rpc")):
+                if reference in rows:
+                    rows[variant][key] = grpc_rate / rows[reference]["samples_per_s"]  # type: ignore[index]
         results[setting] = rows
         print(json.dumps({setting: rows}, indent=2), flush=True)
 
-    slowest = min(args.settings, key=lambda name: results[name]["grpc"]["samples_per_s"])  # type: ignore[index]
+    # The profile runs the product's default transport settings at the slower split.
+    slowest = min(args.settings, key=lambda name: min(row["samples_per_s"] for mode, row in results[name].items() if mode in variants))  # type: ignore[index]
     profiled = run_grpc(make_config(SETTINGS[slowest], args.steps, args.batch_size), workdir, f"{slowest}-profile", profile=True)
     decoder_seconds = decoder_epoch_seconds(make_config(8, args.steps, args.batch_size))
     write_result(

@@ -3,6 +3,9 @@
 The defence (cemsplit.shared.defenses) decides what is sent, adds its client losses to the
 backward pass and runs its per-epoch updates; this loop only calls it.
 
+Training steps go either as one TrainStep call per step or over one TrainStream stream per
+epoch (transport.train_call); both take the same retry and resume path.
+
 Restarts lose nothing. Calls that fail with UNAVAILABLE or DEADLINE_EXCEEDED are retried with
 backoff. A retried step is not applied twice: the server replies with its stored reply to that step. Every
 `train.checkpoint_every` steps and at every epoch end the client asks the server to checkpoint
@@ -27,6 +30,7 @@ import grpc
 import torch
 
 from cemsplit.client.checkpoints import ClientCheckpoints, Position
+from cemsplit.client.train_calls import TrainCalls, open_train_calls
 from cemsplit.shared import codec
 from cemsplit.shared.checkpoint import CheckpointError, load_state_strict, save_checkpoint, write_private_atomic
 from cemsplit.shared.config import RunConfig
@@ -261,6 +265,21 @@ class SplitClient:
 
         self.encoder.train()
         batches = self._batches(epoch)
+        calls = open_train_calls(self.config.transport.train_call, stub, self.config.transport.rpc_timeout_s)
+        try:
+            self._train_batches(calls, batches, epoch, rate, augment_generator, manifest)
+        finally:
+            calls.close()
+
+        seen = max(position.seen, 1)
+        return {"train_loss": position.loss_sum / seen, "train_accuracy": position.correct / seen, "lr": rate}
+
+    def _train_batches(
+        self, calls: TrainCalls, batches: list[torch.Tensor], epoch: int, rate: float, augment_generator: torch.Generator, manifest: ManifestWriter
+    ) -> None:
+        """Train the batches of the epoch from self.position.batch on, one step each."""
+        train = self.config.train
+        position = self.position
         for index in batches[position.batch:]:
             if self._stop.is_set():
                 break
@@ -283,7 +302,7 @@ class SplitClient:
                 labels=codec.encode(labels),
                 checkpoint=checkpoint,
             )
-            reply = self._call(stub.TrainStep, request, f"TrainStep {step}")
+            reply = self._call_with_retry(lambda: calls.call(request), f"{calls.method} step {step}")
             gradient = codec.decode(reply.gradient, "gradient").to(self.device)
             if gradient.shape != transmitted.shape:
                 raise ClientError(f"server returned a gradient of shape {list(gradient.shape)} for activations {list(transmitted.shape)}")
@@ -302,9 +321,6 @@ class SplitClient:
             if checkpoint:
                 manifest.flush()
                 self._save_checkpoint()
-
-        seen = max(position.seen, 1)
-        return {"train_loss": position.loss_sum / seen, "train_accuracy": position.correct / seen, "lr": rate}
 
     @torch.no_grad()
     def encode_training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -343,8 +359,12 @@ class SplitClient:
 
     def _call(self, method, request, name: str):
         """Make one call with retries; NOT_FOUND for our session raises SessionLost."""
+        return self._call_with_retry(lambda: method(request, timeout=self.config.transport.rpc_timeout_s), name)
+
+    def _call_with_retry(self, attempt, name: str):
+        """Run attempt() with retries; NOT_FOUND for our session raises SessionLost."""
         try:
-            return call_with_retry(lambda: method(request, timeout=self.config.transport.rpc_timeout_s), name, self.retry, sleep=self._sleep)
+            return call_with_retry(attempt, name, self.retry, sleep=self._sleep)
         except RetriesExhausted as error:
             raise ClientError(f"server {self.config.client.server}: {error}") from None
         except grpc.RpcError as error:

@@ -57,6 +57,7 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
         keep_checkpoints=config.server.keep_checkpoints,
         max_abs_activation=config.server.max_abs_activation,
         device=device,
+        update_after_reply=config.server.update_after_reply,
     )
     health_service = health.HealthServicer()
     server = grpc.server(
@@ -85,6 +86,7 @@ def serve(config: RunConfig, run_dir: Path, stop: threading.Event | None = None)
 
     log.info("stopping: no new calls, finishing calls in flight")
     health_service.enter_graceful_shutdown()
+    service.begin_shutdown()
     server.stop(grace=10).wait()
     service.checkpoint_all()
     if mirror is not None:

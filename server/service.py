@@ -6,7 +6,9 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -54,6 +56,10 @@ class Session:
     epoch: int = 0
     last_reply: split_pb2.TrainReply | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Optimizer step and record publishing of the last training step, which may still run after
+    # its reply was sent. Everything that touches the session waits for it under `lock`.
+    pending_update: Future | None = None
+    update_worker: ThreadPoolExecutor | None = None
 
     @property
     def client_name(self) -> str:
@@ -84,6 +90,9 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         keep_checkpoints: checkpoints kept per session (at least 2).
         max_abs_activation: largest absolute activation accepted; 0 accepts any finite value.
         device: where the server halves compute; requests are decoded on the CPU and moved there.
+        update_after_reply: send each step's feature gradient before the optimizer step, which then
+            runs while the client works. The next call on the session waits for it, so training
+            is unchanged. Steps that checkpoint apply the update before replying.
     """
 
     def __init__(
@@ -96,8 +105,10 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         keep_checkpoints: int = 3,
         max_abs_activation: float = 1e4,
         device: torch.device = torch.device("cpu"),
+        update_after_reply: bool = False,
     ) -> None:
         self.spec = spec
+        self.update_after_reply = update_after_reply
         self.device = device
         self.max_abs_activation = max_abs_activation
         self.store = SessionStore(checkpoint_dir, keep_checkpoints)
@@ -107,6 +118,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._reject_log = RateLimitedLog(log, interval_s=5.0)
+        self._stopping = threading.Event()
 
     # -- RPC handlers ---------------------------------------------------------------------------
 
@@ -115,6 +127,19 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
 
     def TrainStep(self, request: split_pb2.TrainRequest, context: grpc.ServicerContext) -> split_pb2.TrainReply:
         return self._handle(context, "TrainStep", request.session_id, request.step, lambda: self._train(request))
+
+    def TrainStream(self, requests: Iterable[split_pb2.TrainRequest], context: grpc.ServicerContext) -> Iterator[split_pb2.TrainReply]:
+        """Handle each training step of one stream as TrainStep does; a rejected step ends the stream with its status."""
+        session_id, steps = "-", 0
+        for request in requests:
+            session_id = request.session_id
+            if self._stopping.is_set():
+                # The step is not applied, so the client resends it to the restarted server.
+                log.info("TrainStream of session %s ended before step %d: the server is stopping", session_id, request.step)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping; retry on the restarted server")
+            yield self._handle(context, "TrainStream", session_id, request.step, lambda: self._train(request))
+            steps += 1
+        log.info("TrainStream of session %s ended by the client after %d steps", session_id, steps)
 
     def Evaluate(self, request: split_pb2.EvalRequest, context: grpc.ServicerContext) -> split_pb2.EvalReply:
         return self._handle(context, "Evaluate", request.session_id, 0, lambda: self._evaluate(request))
@@ -128,6 +153,10 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         except RequestError as error:
             self._reject_log.warning("%s rejected (session %s, step %d): %s %s", method, session_id, step, error.code.name, error.message)
             context.abort(error.code, error.message)
+
+    def begin_shutdown(self) -> None:
+        """End open training streams at their next request with UNAVAILABLE, so that a graceful stop does not wait for them."""
+        self._stopping.set()
 
     # -- Sessions -------------------------------------------------------------------------------
 
@@ -161,7 +190,10 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
         session = self._build_session(uuid.uuid4().hex, request)
         with self._sessions_lock:
             self._sessions[session.session_id] = session
-        log.info("opened session %s for client %r (wire %s)", session.session_id, session.client_name, _dtype_name(session.wire_dtype))
+        log.info(
+            "opened session %s for client %r (wire %s, optimizer step %s the reply)",
+            session.session_id, session.client_name, _dtype_name(session.wire_dtype), "after" if self.update_after_reply else "before",
+        )
 
         self._publish(
             lambda: attacker_pb2.TrafficRecord(
@@ -188,6 +220,9 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"resume_session_id {session_id!r} is not a session id of this server")
         with self._sessions_lock:
             live = self._sessions.get(session_id)
+        if live is not None:
+            with live.lock:
+                self._settle(live)
         held = set(self.store.steps(session_id))
         if live is not None:
             held.add(live.last_step)
@@ -209,6 +244,8 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             session = live
         else:
             session = self._load_session(session_id, step, request)
+            if live is not None:
+                _stop_worker(live)
         with self._sessions_lock:
             self._sessions[session_id] = session
         log.info("resumed session %s at step %d (server held steps %s)", session_id, step, sorted(held))
@@ -253,6 +290,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     def _close(self, request: split_pb2.CloseSessionRequest) -> split_pb2.CloseSessionReply:
         session = self._session(request.session_id)
         with session.lock:
+            self._settle(session)
             self._save(session)
             if self.snapshots is not None:
                 self.snapshots.session_closed(session.session_id, session.epoch, session.last_step, session.net, session.spec)
@@ -269,6 +307,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             log_stats = self.recorder.stats()
         with self._sessions_lock:
             self._sessions.pop(session.session_id, None)
+        _stop_worker(session)
         log.info(
             "closed session %s after %d steps (mirror sent %d, dropped %d; traffic log wrote %d, dropped %d)",
             session.session_id, session.last_step, stats.sent, stats.dropped, log_stats.sent, log_stats.dropped,
@@ -296,7 +335,22 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             sessions = list(self._sessions.values())
         for session in sessions:
             with session.lock:
+                self._settle(session)
                 self._save(session)
+            _stop_worker(session)
+
+    def _settle(self, session: Session) -> None:
+        """Wait for the session's update that runs after its reply, if any; call with session.lock held."""
+        pending, session.pending_update = session.pending_update, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as error:  # the update ran in a worker thread; its failure surfaces here
+            log.exception("session %s: the update of step %d failed after its reply", session.session_id, session.last_step)
+            raise RequestError(
+                grpc.StatusCode.INTERNAL, f"the server failed to apply step {session.last_step} of session {session.session_id}: {error}"
+            ) from None
 
     # -- Steps ----------------------------------------------------------------------------------
 
@@ -354,6 +408,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     def _train(self, request: split_pb2.TrainRequest) -> split_pb2.TrainReply:
         session = self._session(request.session_id)
         with session.lock:
+            self._settle(session)
             if request.step == session.last_step and session.last_reply is not None:
                 log.info("session %s: step %d repeated; answering from the record", session.session_id, request.step)
                 return session.last_reply
@@ -376,12 +431,27 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
             if request.epoch != session.epoch and session.epoch > 0 and self.snapshots is not None:
                 self.snapshots.epoch_done(session.session_id, session.epoch, session.last_step, session.net, session.spec)
             session.epoch = request.epoch
-            reply = self._apply_step(session, request, features, labels)
+            reply = self._backward_step(session, request, features, labels)
             session.last_step = request.step
             session.last_reply = reply
+            if self.update_after_reply and not request.checkpoint:
+                if session.update_worker is None:
+                    session.update_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"update-{session.session_id[:8]}")
+                session.pending_update = session.update_worker.submit(self._finish_step, session, request)
+                return reply
+            session.optimizer.step()
             if request.checkpoint:
                 self._save(session)
 
+        self._publish_step(session, request)
+        return reply
+
+    def _finish_step(self, session: Session, request: split_pb2.TrainRequest) -> None:
+        """Apply the optimizer step of a step whose reply was sent, then publish its record."""
+        session.optimizer.step()
+        self._publish_step(session, request)
+
+    def _publish_step(self, session: Session, request: split_pb2.TrainRequest) -> None:
         self._publish(
             lambda: attacker_pb2.TrafficRecord(
                 session_id=session.session_id,
@@ -392,9 +462,9 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 ),
             )
         )
-        return reply
 
-    def _apply_step(self, session: Session, request: split_pb2.TrainRequest, features: torch.Tensor, labels: torch.Tensor) -> split_pb2.TrainReply:
+    def _backward_step(self, session: Session, request: split_pb2.TrainRequest, features: torch.Tensor, labels: torch.Tensor) -> split_pb2.TrainReply:
+        """Run the forward and backward pass of a step and return its reply; the caller applies session.optimizer.step()."""
         training = session.training
         rate = learning_rate(training.learning_rate, training.lr_milestones, training.lr_gamma, request.epoch)
         for group in session.optimizer.param_groups:
@@ -419,7 +489,6 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"step {request.step} was not applied: the activations give a non-finite {problem}; check the client's features",
             )
-        session.optimizer.step()
 
         correct = int((logits.argmax(1) == labels).sum())
         gradient = codec.encode(features.grad, wire_dtype=session.wire_dtype, compress=request.activations.compression == tensor_pb2.ZLIB)
@@ -428,6 +497,7 @@ class SplitLearningService(split_pb2_grpc.SplitLearningServicer):
     def _evaluate(self, request: split_pb2.EvalRequest) -> split_pb2.EvalReply:
         session = self._session(request.session_id)
         with session.lock:
+            self._settle(session)
             features = self._decode_activations(session, request.activations, request.HasField("activations"))
             labels = self._decode_labels(session, request.labels, features.shape[0]) if request.HasField("labels") else None
             features = features.to(self.device)
@@ -451,6 +521,12 @@ def _non_finite(loss: torch.Tensor, net: nn.Module, features: torch.Tensor) -> s
     if not all(bool(torch.isfinite(g).all()) for g in gradients):
         return "gradient"
     return ""
+
+
+def _stop_worker(session: Session) -> None:
+    """Shut down the session's update thread once its queued update has finished."""
+    if session.update_worker is not None:
+        session.update_worker.shutdown(wait=True)
 
 
 def _dtype_name(value: int) -> str:

@@ -272,6 +272,10 @@ class DefenseConfig(Section):
 class TransportConfig(Section):
     wire_dtype: WireDType = Field("float32", description="float type that activations and gradients travel in")
     compress: bool = Field(False, description="zlib-compress tensors on the wire")
+    train_call: Literal["unary", "stream"] = Field(
+        "stream",
+        description="how the client sends training steps: one TrainStep call per step (unary), or one TrainStream stream per epoch (stream)",
+    )
     max_message_mb: int = Field(DEFAULT_MAX_MESSAGE_MB, ge=1, le=2047, description="largest gRPC message either side sends or accepts, in MiB")
     rpc_timeout_s: float = Field(120.0, gt=0, le=86_400, description="deadline of each training or evaluation call, in seconds")
     connect_timeout_s: float = Field(60.0, gt=0, le=86_400, description="how long a role waits for its peer to become ready, in seconds")
@@ -316,6 +320,11 @@ class ServerConfig(Section):
     )
     keep_checkpoints: int = Field(3, ge=2, le=1000, description="checkpoints kept per session, newest first")
     max_abs_activation: float = Field(1e4, ge=0, description="largest absolute activation value accepted; 0 accepts any finite value")
+    update_after_reply: bool = Field(
+        True,
+        description="reply with the feature gradient before the server half's optimizer step, which then runs while the client "
+        "works; results are unchanged because the next call on the session waits for it",
+    )
     port_file: Optional[Path] = Field(None, description="file to write the bound port to once serving")
 
 

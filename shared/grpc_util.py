@@ -78,8 +78,12 @@ def add_checked_servicer(servicer: object, server: grpc.Server, service: Service
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
-            raise NotImplementedError(f"{service.full_name}/{method.name}: bidirectional streams are not supported here")
-        if method.client_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(
+                _parse_stream(behaviour, request_class, method.full_name), response_serializer=response_class.SerializeToString
+            )
+        elif method.server_streaming:
+            raise NotImplementedError(f"{service.full_name}/{method.name}: server-streaming methods are not supported here")
+        elif method.client_streaming:
             handler = grpc.stream_unary_rpc_method_handler(
                 _parse_stream(behaviour, request_class, method.full_name), response_serializer=response_class.SerializeToString
             )

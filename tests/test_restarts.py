@@ -61,8 +61,8 @@ def start_server(workdir: Path, port: int, *args: str) -> RoleProcess:
     return server
 
 
-def start_client(workdir: Path, port: int) -> RoleProcess:
-    return RoleProcess("client", [*TRAIN, "--server", f"127.0.0.1:{port}"], workdir)
+def start_client(workdir: Path, port: int, *args: str) -> RoleProcess:
+    return RoleProcess("client", [*TRAIN, "--server", f"127.0.0.1:{port}", *args], workdir)
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,15 @@ def assert_matches_reference(summary: dict, reference: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-def test_server_restart_mid_epoch(tmp_path, reference, signum):
+@pytest.mark.parametrize(
+    ("signum", "train_call"),
+    [(signal.SIGKILL, "unary"), (signal.SIGTERM, "unary"), (signal.SIGKILL, "stream"), (signal.SIGTERM, "stream")],
+    ids=["sigkill-unary", "sigterm-unary", "sigkill-stream", "sigterm-stream"],
+)
+def test_server_restart_mid_epoch(tmp_path, reference, signum, train_call):
     port = free_port()
     server = start_server(tmp_path, port)
-    client = start_client(tmp_path, port)
+    client = start_client(tmp_path, port, "--train-call", train_call)
     try:
         wait_for(lambda: 6 in server_checkpoint_steps(tmp_path), "the server's checkpoint of step 6", processes=(server, client))
         server.process.send_signal(signum)

@@ -44,6 +44,11 @@ class SplitLearningStub:
                 request_serializer=cemsplit_dot_v1_dot_split__pb2.TrainRequest.SerializeToString,
                 response_deserializer=cemsplit_dot_v1_dot_split__pb2.TrainReply.FromString,
                 _registered_method=True)
+        self.TrainStream = channel.stream_stream(
+                '/cemsplit.v1.SplitLearning/TrainStream',
+                request_serializer=cemsplit_dot_v1_dot_split__pb2.TrainRequest.SerializeToString,
+                response_deserializer=cemsplit_dot_v1_dot_split__pb2.TrainReply.FromString,
+                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/cemsplit.v1.SplitLearning/Evaluate',
                 request_serializer=cemsplit_dot_v1_dot_split__pb2.EvalRequest.SerializeToString,
@@ -71,6 +76,14 @@ class SplitLearningServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainStream(self, request_iterator, context):
+        """One long-lived stream per session: each TrainRequest gets the TrainReply that TrainStep
+        would return, in order. A rejected request ends the stream with TrainStep's status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Evaluate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -93,6 +106,11 @@ def add_SplitLearningServicer_to_server(servicer, server):
             ),
             'TrainStep': grpc.unary_unary_rpc_method_handler(
                     servicer.TrainStep,
+                    request_deserializer=cemsplit_dot_v1_dot_split__pb2.TrainRequest.FromString,
+                    response_serializer=cemsplit_dot_v1_dot_split__pb2.TrainReply.SerializeToString,
+            ),
+            'TrainStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.TrainStream,
                     request_deserializer=cemsplit_dot_v1_dot_split__pb2.TrainRequest.FromString,
                     response_serializer=cemsplit_dot_v1_dot_split__pb2.TrainReply.SerializeToString,
             ),
@@ -159,6 +177,33 @@ class SplitLearning:
             request,
             target,
             '/cemsplit.v1.SplitLearning/TrainStep',
+            cemsplit_dot_v1_dot_split__pb2.TrainRequest.SerializeToString,
+            cemsplit_dot_v1_dot_split__pb2.TrainReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cemsplit.v1.SplitLearning/TrainStream',
             cemsplit_dot_v1_dot_split__pb2.TrainRequest.SerializeToString,
             cemsplit_dot_v1_dot_split__pb2.TrainReply.FromString,
             options,
