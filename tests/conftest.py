@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cemsplit.shared.config import TransportConfig
 from cemsplit.shared.grpc_util import wait_until_serving
 from cemsplit.shared.security import open_channel
+from cemsplit.v1 import split_pb2_grpc
 
 # Small settings for runs across real processes: a few hundred real digits, one thread each.
 TINY = [
@@ -89,6 +91,15 @@ def start_role(tmp_path):
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def stub(start_role):
+    """A SplitLearning stub on a plaintext channel to a server started for the test."""
+    server = start_role("server", "--threads", "1")
+    channel = grpc.insecure_channel(server.address)
+    yield split_pb2_grpc.SplitLearningStub(channel)
+    channel.close()
 
 
 def pid_alive(pid: int) -> bool:

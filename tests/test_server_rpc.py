@@ -14,14 +14,6 @@ from cemsplit.v1 import split_pb2, split_pb2_grpc, tensor_pb2
 SPEC = SplitSpec(input_shape=(1, 28, 28), num_classes=10)
 
 
-@pytest.fixture
-def stub(start_role):
-    server = start_role("server", "--threads", "1")
-    channel = grpc.insecure_channel(server.address)
-    yield split_pb2_grpc.SplitLearningStub(channel)
-    channel.close()
-
-
 def open_request(**changes) -> split_pb2.OpenSessionRequest:
     request = split_pb2.OpenSessionRequest(
         protocol_version=PROTOCOL_VERSION,

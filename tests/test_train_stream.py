@@ -12,14 +12,6 @@ from cemsplit.v1 import split_pb2_grpc
 from test_server_rpc import open_request, train_request
 
 
-@pytest.fixture
-def stub(start_role):
-    server = start_role("server", "--threads", "1")
-    channel = grpc.insecure_channel(server.address)
-    yield split_pb2_grpc.SplitLearningStub(channel)
-    channel.close()
-
-
 def stream_replies(stub, requests) -> list:
     """Send `requests` on one TrainStream and return its replies; raises the stream's error."""
     return list(stub.TrainStream(iter(requests), timeout=60))
