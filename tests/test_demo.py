@@ -92,7 +92,15 @@ def test_demo_refuses_existing_run_directory(tmp_path):
 @pytest.mark.slow
 def test_demo_ctrl_c_stops_all_roles(tmp_path):
     out = tmp_path / "run"
-    demo = subprocess.Popen([*DEMO, "--out", str(out), "--epochs", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT,
+    # so the demo gets the default disposition back to turn SIGINT into KeyboardInterrupt.
+    demo = subprocess.Popen(
+        [*DEMO, "--out", str(out), "--epochs", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not (out / "client" / "manifest.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
