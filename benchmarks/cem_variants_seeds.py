@@ -1,9 +1,9 @@
 """Combine runs of cem_variants_privacy.py made with different seeds into one paired table.
 
 Each input is a variants.json written by cem_variants_privacy.py. A row of the output is one
-setting (defence, lambda, combination) and shows, per seed and as mean and spread, the test
-accuracy and the white-box attack MSE, and the MSE relative to the reference CEM at lambda 16
-trained with the same seed. Pairing by seed removes what the seed does to every defence alike
+setting (defence, lambda, combination). It shows the test accuracy, the white-box attack MSE and
+SSIM as mean and spread over the seeds. It also shows, per seed, the MSE relative to the
+reference CEM at lambda 16 trained with the same seed. Pairing by seed removes what the seed does to every defence alike
 (weights, batch order, noise draws), so the per-seed ratios show whether a variant's gain is
 larger than the seed-to-seed spread.
 

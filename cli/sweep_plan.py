@@ -99,10 +99,10 @@ def effective_settings(config: RunConfig) -> str:
 
 
 def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list[dict[str, object]]]:
-    """Expand the grid into runs; invalid combinations and repeats of an earlier run are skipped.
+    """Expand the grid into runs, skipping invalid combinations and repeats of an earlier run.
 
     A combination is a repeat when it differs from an earlier one only in settings its defence
-    does not use; it would train and score exactly the same.
+    does not use, because it would train and score exactly the same.
 
     Returns (runs, skipped), where each skipped entry holds the settings and the reason.
     """

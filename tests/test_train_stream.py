@@ -114,8 +114,8 @@ def test_stream_calls_deadline_and_reopen(stub):
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "within 1e-06 s (transport.rpc_timeout_s)" in caught.value.details()
 
-    # The retry opens a new stream; the server answers step 1 from its record if the first
-    # attempt reached it, and applies it otherwise.
+    # The retry opens a new stream. The server replays its stored reply to step 1 if the first
+    # attempt reached it, and applies the step otherwise.
     calls = StreamTrainCalls(stub, timeout_s=60)
     first = calls.call(train_request(session, 1))
     second = calls.call(train_request(session, 2))
