@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cemsplit.server.service import SplitLearningService
+from cemsplit.server.service import SplitLearningService, _non_finite
 from cemsplit.shared import codec
 from cemsplit.shared.config import TrainConfig
 from cemsplit.shared.grpc_util import add_checked_servicer
@@ -178,3 +178,16 @@ def test_server_still_serves_after_fuzzing(target):
     reply = target.stub.TrainStep(fresh.train_request(1), timeout=30)
     assert reply.step == 1
     assert not all(torch.equal(a, b) for a, b in zip(fresh.weights(), before))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_gradient_is_named(bad):
+    net = torch.nn.Linear(3, 2)
+    features = torch.zeros(4, 3, requires_grad=True)
+    loss = net(features).sum()
+    loss.backward()
+    assert _non_finite(loss, net, features) == ""
+
+    net.weight.grad[1, 2] = bad
+    assert _non_finite(loss, net, features) == "gradient"
+    assert _non_finite(torch.tensor(bad), net, features) == "loss"
