@@ -1,18 +1,21 @@
 """Server half for the torch.distributed.rpc (TensorPipe) baseline of benchmarks/transport.py.
 
 Run by the benchmark as a separate process: `python -m benchmarks.torch_rpc_peer ARGS`. It holds
-the server half and its optimizer; the client process calls `server_step` over RPC.
+the server half and its optimizer; the client process calls `server_step` over RPC, and
+`save_server_half` at each epoch end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed.rpc as rpc
 from torch import nn
 
+from cemsplit.shared.checkpoint import save_checkpoint
 from cemsplit.shared.vgg import ServerNet, SplitSpec
 
 _state: dict[str, object] = {}
@@ -30,6 +33,11 @@ def server_step(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     loss.backward()
     optimizer.step()
     return features.grad, float(loss.detach()), int((logits.argmax(1) == labels).sum())
+
+
+def save_server_half(path: str) -> None:
+    """Write the server half and its optimizer state durably, like the product's epoch-end checkpoint."""
+    save_checkpoint({"model": _state["net"].state_dict(), "optimizer": _state["optimizer"].state_dict()}, Path(path))
 
 
 def main() -> None:

@@ -2,16 +2,17 @@
 
 (a) in_process: both halves in this process, no network: the limit.
 (b) grpc: the product: a `cemsplit server` process and this process as the client, over
-    loopback gRPC, through cemsplit's own client training loop (checkpoints at the epoch end
-    included). Measured with one unary TrainStep call per step (grpc*) and with one TrainStream
-    stream per epoch (grpc_stream*); with float32, float16 and bfloat16 on the wire and with
-    zlib compression; with the server's optimizer step after its reply (*_overlap,
+    loopback gRPC, through cemsplit's own client training loop. Measured with one unary
+    TrainStep call per step (grpc*) and with one TrainStream stream per epoch (grpc_stream*);
+    with float32, float16 and bfloat16 on the wire and with zlib compression; with the server's optimizer step after its reply (*_overlap,
     server.update_after_reply); and with the same servicer logic behind an asyncio server
     (aio*, benchmarks/aio_server.py) in place of the synchronous one.
 (c) torch_rpc: the same split over torch.distributed.rpc (TensorPipe), the server half in a
     second process.
 Every mode trains the same split model on the same mnist5k batches (same seed, batch size and
-order): one epoch to warm up, one measured. Two settings: the default bottlenecked split
+order): one epoch to warm up, one measured. Every epoch ends with a durable checkpoint of both
+halves (weights and optimizer state, written and fsynced), which the product's client loop always
+writes, so that all modes do the same work. Two settings: the default bottlenecked split
 (8x7x7 features) and an unbottlenecked 128-channel cut (128x7x7). Modes alternate within each
 repeat and the median over repeats is reported, because other load on the machine shifts all
 modes of one repeat alike.
@@ -50,6 +51,7 @@ from cemsplit.attacker.white_box import encode_images, train_decoder
 from cemsplit.cli.processes import Child, start_role, stop_children, wait_for_port_file
 from cemsplit.client.trainer import SplitClient
 from cemsplit.shared import codec
+from cemsplit.shared.checkpoint import save_checkpoint
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.manifest import ManifestWriter
 from cemsplit.shared.vgg import ServerNet
@@ -122,6 +124,11 @@ def wire_bytes_per_sample(client: SplitClient) -> float:
     return (request.ByteSize() + reply.ByteSize()) / len(index)
 
 
+def save_half(net: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Write one half's weights and optimizer state durably, like the product's epoch-end checkpoint."""
+    save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, path)
+
+
 def run_in_process(config: RunConfig) -> dict[str, float]:
     reset_peak_rss()
     client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-a-")))
@@ -144,6 +151,8 @@ def run_in_process(config: RunConfig) -> dict[str, float]:
             client.optimizer.zero_grad(set_to_none=True)
             features.backward(sent.grad)
             client.optimizer.step()
+        save_half(client.encoder, client.optimizer, client.run_dir / f"client-epoch-{number}.pt")
+        save_half(server, server_optimizer, client.run_dir / f"server-epoch-{number}.pt")
         return time.perf_counter() - started
 
     epoch(1)
@@ -246,6 +255,8 @@ def torch_rpc_client(config: RunConfig) -> dict[str, float]:
                 client.optimizer.zero_grad(set_to_none=True)
                 features.backward(gradient)
                 client.optimizer.step()
+            save_half(client.encoder, client.optimizer, client.run_dir / f"client-epoch-{number}.pt")
+            rpc.rpc_sync("server", torch_rpc_peer.save_server_half, args=(str(client.run_dir / f"server-epoch-{number}.pt"),))
             return time.perf_counter() - started
 
         epoch(1)
