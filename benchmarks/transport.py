@@ -71,6 +71,7 @@ GRPC_VARIANTS: dict[str, dict[str, object]] = {
     "grpc_overlap": {"train_call": "unary", "update_after_reply": True},
     "grpc_stream_overlap": {"train_call": "stream", "update_after_reply": True},
     "grpc_stream_overlap_fp16": {"train_call": "stream", "update_after_reply": True, "wire_dtype": "float16"},
+    "grpc_stream_overlap_bf16": {"train_call": "stream", "update_after_reply": True, "wire_dtype": "bfloat16"},
     "aio": {"train_call": "unary", "update_after_reply": False, "aio": True},
     "aio_stream": {"train_call": "stream", "update_after_reply": False, "aio": True},
 }
