@@ -19,7 +19,8 @@ modes of one repeat alike.
 
 Also measured: protobuf bytes on the wire per sample (request and reply payloads), peak
 resident memory of each process, the test accuracy after the measured epoch for each wire
-precision, a profile of the slowest gRPC setting, and one epoch of attack-decoder training.
+precision, a profile of the product's default transport at the slower split, and one epoch of
+attack-decoder training.
 
 `--accuracy` instead trains full epochs of mnist5k at the bottleneck with each wire precision
 (same seed) and reports test accuracy, the effect of the wire precision on training.
@@ -130,9 +131,9 @@ def save_half(net: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> N
     save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, path)
 
 
-def run_in_process(config: RunConfig) -> dict[str, float]:
+def run_in_process(config: RunConfig, workdir: Path) -> dict[str, float]:
     reset_peak_rss()
-    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-a-")))
+    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="in-process-", dir=workdir)))
     torch.manual_seed(config.train.seed)
     server = ServerNet(client.spec)
     server_optimizer = torch.optim.SGD(server.parameters(), lr=config.train.lr, momentum=config.train.momentum, weight_decay=config.train.weight_decay)
@@ -222,16 +223,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_torch_rpc(config: RunConfig) -> dict[str, float]:
+def run_torch_rpc(config: RunConfig, workdir: Path) -> dict[str, float]:
     """Run the torch RPC mode in a child process of its own, since RPC can be initialised once per process."""
-    command = [sys.executable, "-m", "benchmarks.transport", "--torch-rpc-client", json.dumps(config.model_dump(mode="json"))]
+    command = [sys.executable, "-m", "benchmarks.transport", "--torch-rpc-client", json.dumps(config.model_dump(mode="json")), "--workdir", str(workdir)]
     output = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
     if output.returncode != 0:
         raise RuntimeError(f"torch RPC mode failed:\n{output.stdout}\n{output.stderr}")
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def torch_rpc_client(config: RunConfig) -> dict[str, float]:
+def torch_rpc_client(config: RunConfig, workdir: Path) -> dict[str, float]:
     import torch.distributed.rpc as rpc
 
     from benchmarks import torch_rpc_peer
@@ -241,7 +242,7 @@ def torch_rpc_client(config: RunConfig) -> dict[str, float]:
         [sys.executable, "-m", "benchmarks.torch_rpc_peer", "--port", str(port), "--bottleneck-channels", str(config.model.bottleneck_channels), "--seed", str(config.train.seed)],
         cwd=Path(__file__).resolve().parent.parent,
     )
-    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-c-")))
+    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="torch-rpc-", dir=workdir)))
     options = rpc.TensorPipeRpcBackendOptions(num_worker_threads=4, init_method=f"tcp://127.0.0.1:{port}")
     rpc.init_rpc("client", rank=0, world_size=2, rpc_backend_options=options)
     try:
@@ -272,9 +273,9 @@ def torch_rpc_client(config: RunConfig) -> dict[str, float]:
             peer.kill()
 
 
-def decoder_epoch_seconds(config: RunConfig) -> float:
+def decoder_epoch_seconds(config: RunConfig, workdir: Path) -> float:
     """Return the seconds of one epoch of attack-decoder training on the auxiliary split."""
-    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="bench-d-")))
+    client = SplitClient(config, Path(tempfile.mkdtemp(prefix="decoder-", dir=workdir)))
     images = client.splits.aux.floats()
     config.attacker.decoder_epochs = 1
     return train_decoder(encode_images(client.encoder, images), images, 0.0, config.attacker, seed=1).seconds
@@ -329,12 +330,19 @@ def main() -> int:
     parser.add_argument("--accuracy", action="store_true", help="only train full mnist5k epochs per wire precision and report test accuracy")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the --accuracy runs (default: 3)")
     parser.add_argument("--torch-rpc-client", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_rpc_client:
-        print(json.dumps(torch_rpc_client(RunConfig.model_validate(json.loads(args.torch_rpc_client)))))
+        print(json.dumps(torch_rpc_client(RunConfig.model_validate(json.loads(args.torch_rpc_client)), args.workdir)))
         return 0
 
-    workdir = Path(tempfile.mkdtemp(prefix="cemsplit-bench-"))
+    # Run directories and checkpoints take hundreds of MB per mode, so they go away at the end.
+    with tempfile.TemporaryDirectory(prefix="cemsplit-bench-") as temporary:
+        return run_benchmark(args, Path(temporary))
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> int:
+    """Run the modes and settings that args select, with run directories under workdir; writes args.result."""
     if args.accuracy:
         accuracy = run_accuracy(args.epochs, args.batch_size, workdir)
         write_result(
@@ -350,12 +358,12 @@ def main() -> int:
         runs: dict[str, list[dict[str, object]]] = {}
         for repeat in range(args.repeats):
             if "in_process" in args.modes:
-                runs.setdefault("in_process", []).append(run_in_process(make_config(channels, args.steps, args.batch_size)))
+                runs.setdefault("in_process", []).append(run_in_process(make_config(channels, args.steps, args.batch_size), workdir))
             for variant, settings in variants.items():
                 config = make_config(channels, args.steps, args.batch_size, **settings)
                 runs.setdefault(variant, []).append(run_grpc(config, workdir, f"{setting}-{variant}-{repeat}", aio=bool(settings.get("aio"))))
             if "torch_rpc" in args.modes:
-                runs.setdefault("torch_rpc", []).append(run_torch_rpc(make_config(channels, args.steps, args.batch_size)))
+                runs.setdefault("torch_rpc", []).append(run_torch_rpc(make_config(channels, args.steps, args.batch_size), workdir))
             print(f"{setting}: repeat {repeat + 1}/{args.repeats} done", flush=True)
         rows: dict[str, object] = {mode: median_row(mode_runs) for mode, mode_runs in runs.items()}
         for variant in variants:
@@ -369,7 +377,7 @@ def main() -> int:
     # The profile runs the product's default transport settings at the slower split.
     slowest = min(args.settings, key=lambda name: min(row["samples_per_s"] for mode, row in results[name].items() if mode in variants))  # type: ignore[index]
     profiled = run_grpc(make_config(SETTINGS[slowest], args.steps, args.batch_size), workdir, f"{slowest}-profile", profile=True)
-    decoder_seconds = decoder_epoch_seconds(make_config(8, args.steps, args.batch_size))
+    decoder_seconds = decoder_epoch_seconds(make_config(8, args.steps, args.batch_size), workdir)
     write_result(
         args.result,
         {
@@ -379,7 +387,7 @@ def main() -> int:
             "repeats": args.repeats,
             "torch_threads": torch.get_num_threads(),
             "results": results,
-            "profile": {"setting": slowest, "top_tottime": profiled["profile_top_tottime"]},
+            "profile": {"setting": slowest, "mode": "product defaults", "top_tottime": profiled["profile_top_tottime"]},
             "decoder_epoch_seconds_1000_images": decoder_seconds,
         },
     )
