@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv in the repository and install cemsplit with its test tools into it.
 #
-# CEMSPLIT_TORCH=cpu (the default) pins PyTorch to the CPU wheel in constraints/cpu.txt.
+# CEMSPLIT_TORCH=cpu (the default) pins torch==2.13.0 with constraints/cpu.txt. That is the CPU
+# build where pip finds a CPU wheel (a local wheel folder, or PIP_EXTRA_INDEX_URL set to
+# https://download.pytorch.org/whl/cpu); PyPI's own Linux wheel of that version is a CUDA build.
 # CEMSPLIT_TORCH=any lets pip pick the newest PyTorch, which on Linux is a CUDA build of
 # several GB: use it on GPU hosts.
 # PYTHON selects the interpreter that creates the environment (default: python3, 3.10+).
@@ -30,8 +32,8 @@ stamp=.venv/.cemsplit-installed
 wanted="$(cat pyproject.toml constraints/cpu.txt | sha256sum | cut -c1-16)-$torch_choice"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   echo "setup.sh: installing cemsplit and its dependencies into .venv (torch: $torch_choice)"
-  # This machine's pip configuration can name index folders that do not exist; pip warns once
-  # per package about them, so those lines are filtered out. Other output stays visible.
+  # A pip configuration can name wheel folders that do not exist, and pip then warns once per
+  # package about them, so those lines are filtered out. Other output stays visible.
   set -o pipefail
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${constraint[@]}" -e ".[dev]" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
