@@ -270,11 +270,14 @@ class DefenseConfig(Section):
 
 
 class TransportConfig(Section):
-    wire_dtype: WireDType = Field("float32", description="float type that activations and gradients travel in")
-    compress: bool = Field(False, description="zlib-compress tensors on the wire")
+    wire_dtype: WireDType = Field("float32", description="float type that activations and gradients travel in; set on the client, and the server replies in the same type")
+    compress: bool = Field(False, description="zlib-compress tensors on the wire; set on the client, and the server compresses its replies alike")
     train_call: Literal["unary", "stream"] = Field(
         "stream",
-        description="how the client sends training steps: one TrainStep call per step (unary), or one TrainStream stream per epoch (stream)",
+        description=(
+            "how the client sends training steps: one TrainStep call per step (unary), or one TrainStream stream per "
+            "epoch (stream); client only, the server accepts both"
+        ),
     )
     max_message_mb: int = Field(DEFAULT_MAX_MESSAGE_MB, ge=1, le=2047, description="largest gRPC message either side sends or accepts, in MiB")
     rpc_timeout_s: float = Field(120.0, gt=0, le=86_400, description="deadline of each training or evaluation call, in seconds")
