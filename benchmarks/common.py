@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine description and result files."""
+"""Helpers shared by the benchmark scripts: machine description, result files and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from cemsplit.shared.checkpoint import save_checkpoint
+
 
 def machine() -> dict[str, object]:
     """Return the facts a benchmark number depends on: CPU, core count, library versions."""
     import grpc
-    import torch
 
     cpu = platform.processor() or "unknown"
     try:
@@ -31,6 +35,11 @@ def machine() -> dict[str, object]:
         "grpc": grpc.__version__,
         "platform": platform.platform(),
     }
+
+
+def save_half(net: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Write one half's weights and optimizer state durably, like the product's epoch-end checkpoint."""
+    save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, path)
 
 
 def command_line() -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed.rpc as rpc
 from torch import nn
 
-from cemsplit.shared.checkpoint import save_checkpoint
+from benchmarks.common import save_half
 from cemsplit.shared.vgg import ServerNet, SplitSpec
 
 _state: dict[str, object] = {}
@@ -37,7 +37,7 @@ def server_step(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 def save_server_half(path: str) -> None:
     """Write the server half and its optimizer state durably, like the product's epoch-end checkpoint."""
-    save_checkpoint({"model": _state["net"].state_dict(), "optimizer": _state["optimizer"].state_dict()}, Path(path))
+    save_half(_state["net"], _state["optimizer"], Path(path))
 
 
 def main() -> None:

@@ -47,12 +47,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import git_revision, write_result
+from benchmarks.common import git_revision, save_half, write_result
 from cemsplit.attacker.white_box import encode_images, train_decoder
 from cemsplit.cli.processes import Child, start_role, stop_children, wait_for_port_file
 from cemsplit.client.trainer import SplitClient
 from cemsplit.shared import codec
-from cemsplit.shared.checkpoint import save_checkpoint
 from cemsplit.shared.config import RunConfig, save_config
 from cemsplit.shared.manifest import ManifestWriter
 from cemsplit.shared.vgg import ServerNet
@@ -124,11 +123,6 @@ def wire_bytes_per_sample(client: SplitClient) -> float:
     request = split_pb2.TrainRequest(session_id="0" * 32, step=1, epoch=1, activations=activations, labels=codec.encode(client.splits.train.labels[index]))
     reply = split_pb2.TrainReply(step=1, gradient=codec.encode(torch.randn_like(features) * 1e-3, client.wire_dtype, transport.compress), loss=1.0, correct=1, batch_size=len(index))
     return (request.ByteSize() + reply.ByteSize()) / len(index)
-
-
-def save_half(net: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Write one half's weights and optimizer state durably, like the product's epoch-end checkpoint."""
-    save_checkpoint({"model": net.state_dict(), "optimizer": optimizer.state_dict()}, path)
 
 
 def run_in_process(config: RunConfig, workdir: Path) -> dict[str, float]:
