@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # headless: no display is needed or used
 import matplotlib.pyplot as plt  # noqa: E402
 
 ATTACK_METRICS = ("mse", "psnr", "ssim")
+ACCURACY_DROPS = (0.01, 0.02, 0.05, 0.10)  # below the sweep's best test accuracy, as fractions
 
 
 def collect_rows(runs_dir: Path, settings: dict[str, dict[str, object]]) -> list[dict[str, object]]:
@@ -32,6 +33,8 @@ def collect_rows(runs_dir: Path, settings: dict[str, dict[str, object]]) -> list
                     row[f"{threat}_{metric}"] = scores[metric]
             if "grid" in scores:
                 row[f"{threat}_grid"] = str(Path(name) / scores["grid"])
+        row["defense_parameters"] = report["defense"].get("parameters", 0)
+        row["training_s"] = report.get("timing", {}).get("training_s")
         row["total_s"] = report.get("timing", {}).get("total_s")
         last_epoch = report.get("epochs", [{}])[-1]
         for key, value in last_epoch.items():
@@ -69,6 +72,27 @@ def pareto_front(points: list[tuple[float, float]], larger_x_is_better: bool) ->
         if not dominated:
             front.append(i)
     return front
+
+
+def matched_accuracy(rows: list[dict[str, object]], drops: tuple[float, ...] = ACCURACY_DROPS, threat: str = "white_box") -> list[dict[str, object]]:
+    """Return, per accuracy floor and defence, the run with the highest attack MSE at or above the floor.
+
+    Floors lie `drops` below the best test accuracy of the sweep (0.02 = 2 percentage points). A
+    defence with no run at or above a floor gets no row for it.
+    """
+    scored = [row for row in rows if isinstance(row.get(f"{threat}_mse"), (int, float))]
+    if not scored:
+        return []
+    best = max(float(row["test_accuracy"]) for row in scored)
+    table = []
+    for drop in drops:
+        floor = best - drop
+        for defense in sorted({str(row["defense_name"]) for row in scored}):
+            eligible = [row for row in scored if row["defense_name"] == defense and float(row["test_accuracy"]) >= floor - 1e-9]
+            if eligible:
+                pick = max(eligible, key=lambda row: float(row[f"{threat}_mse"]))
+                table.append({"drop": drop, "floor": floor, "defense_name": defense, **pick})
+    return table
 
 
 def plot_tradeoff(rows: list[dict[str, object]], metric: str, path: Path, threat: str = "white_box") -> Path | None:
@@ -112,6 +136,27 @@ def write_markdown(rows: list[dict[str, object]], out: Path, command: str, skipp
     for plot in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png"):
         if (out / plot).is_file():
             lines += [f"![{plot}]({plot})", ""]
+
+    matched = matched_accuracy(rows)
+    if matched:
+        lines += [
+            "## Privacy at matched accuracy", "",
+            "For each accuracy floor (a drop below the sweep's best test accuracy), the run of each defence with the highest "
+            "white-box attack MSE among its runs at or above the floor. Extra parameters are the defence's own trainable "
+            "weights on the client; training time is the client process's wall time from start to exit (training, evaluation "
+            "and checkpoints).", "",
+        ]
+        header = ["floor", "defence", "run", "test accuracy", "attack MSE", "attack SSIM", "extra parameters", "training (s)"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in matched:
+            training = row.get("training_s")
+            cells = [
+                f"{row['floor']:.4f} (best - {row['drop']:g})", str(row["defense_name"]), str(row["run"]),
+                f"{row['test_accuracy']:.4f}", f"{row['white_box_mse']:.4f}", f"{row.get('white_box_ssim', float('nan')):.4f}",
+                f"{int(row.get('defense_parameters') or 0):,}", f"{training:.0f}" if isinstance(training, (int, float)) else "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
 
     grids = out / "grids"
     grids.mkdir(exist_ok=True)

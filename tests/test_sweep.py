@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
-from cemsplit.cli.sweep_report import pareto_front
+from cemsplit.cli.sweep_report import matched_accuracy, pareto_front
 from cemsplit.shared.config import ConfigError, RunConfig
 
 SMALL = ["--train-limit", "256", "--test-limit", "100", "--aux-limit", "128", "--epochs", "1", "--decoder-epochs", "1", "--batch-size", "64", "--threads", "1"]
@@ -77,6 +77,23 @@ def test_pareto_front():
     assert sorted(pareto_front(points, larger_x_is_better=False)) == [0]
 
 
+def test_matched_accuracy_picks_the_most_private_run_above_each_floor():
+    rows = [
+        {"run": "a", "defense_name": "noise", "test_accuracy": 0.98, "white_box_mse": 0.010},
+        {"run": "b", "defense_name": "noise", "test_accuracy": 0.95, "white_box_mse": 0.020},
+        {"run": "c", "defense_name": "cem", "test_accuracy": 0.975, "white_box_mse": 0.015},
+        {"run": "d", "defense_name": "cem", "test_accuracy": 0.90, "white_box_mse": 0.050},
+        {"run": "e", "defense_name": "cem", "test_accuracy": 0.99, "white_box_mse": None},
+    ]
+    table = matched_accuracy(rows, drops=(0.01, 0.05))
+    picks = {(row["drop"], row["defense_name"]): row["run"] for row in table}
+
+    # The best scored accuracy is 0.98 ("e" has no attack score and sets nothing).
+    assert picks == {(0.01, "cem"): "c", (0.01, "noise"): "a", (0.05, "cem"): "c", (0.05, "noise"): "b"}
+    assert table[0]["floor"] == pytest.approx(0.97)
+    assert matched_accuracy([]) == []
+
+
 @pytest.mark.slow
 def test_local_sweep_writes_results_and_resumes(tmp_path):
     out = tmp_path / "sweep"
@@ -95,6 +112,8 @@ def test_local_sweep_writes_results_and_resumes(tmp_path):
     report = (out / "sweep.md").read_text()
     assert "![accuracy_vs_mse.png](accuracy_vs_mse.png)" in report
     assert "grids/noise.png" in report
+    assert "## Privacy at matched accuracy" in report
+    assert "| 0." in report.split("## Privacy at matched accuracy")[1]
 
     second = sweep(out)
     assert second.returncode == 0
