@@ -21,7 +21,7 @@ from pathlib import Path
 from cemsplit.cli.sweep_backends import LocalBackend, RayBackend, RunOutcome
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
 from cemsplit.cli.sweep_report import collect_rows, plot_tradeoff, write_markdown, write_tables
-from cemsplit.shared.config import ConfigError, RunConfig, load_yaml, save_config
+from cemsplit.shared.config import ConfigError, RunConfig, build_config, load_yaml, save_config
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ def _prepare_output(out: Path, base: RunConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "base.yaml"
     if base_path.is_file():
-        if load_yaml(base_path) != base.model_dump(mode="json"):
+        # Validating fills in settings added to cemsplit since the sweep began, at their defaults,
+        # so that a newer cemsplit resumes an older sweep whose settings it reproduces.
+        stored = build_config(load_yaml(base_path), str(base_path))
+        if stored.model_dump(mode="json") != base.model_dump(mode="json"):
             raise FileExistsError(
                 f"{out} holds a sweep with another base config ({base_path}); resume it with the same settings or choose a new --out"
             )

@@ -9,7 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cemsplit.cli.sweep import _prepare_output
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
 from cemsplit.cli.sweep_report import matched_accuracy, pareto_front
 from cemsplit.shared.config import ConfigError, RunConfig
@@ -92,6 +94,18 @@ def test_matched_accuracy_picks_the_most_private_run_above_each_floor():
     assert picks == {(0.01, "cem"): "c", (0.01, "noise"): "a", (0.05, "cem"): "c", (0.05, "noise"): "b"}
     assert table[0]["floor"] == pytest.approx(0.97)
     assert matched_accuracy([]) == []
+
+
+def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
+    base = RunConfig()
+    _prepare_output(tmp_path, base)
+    stored = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    del stored["transport"]["train_call"]  # as written by a cemsplit without that setting
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(stored))
+
+    assert _prepare_output(tmp_path, base) == tmp_path / "base.yaml"
+    with pytest.raises(FileExistsError, match="another base config"):
+        _prepare_output(tmp_path, base.model_copy(update={"transport": base.transport.model_copy(update={"train_call": "unary"})}))
 
 
 @pytest.mark.slow
