@@ -168,12 +168,12 @@ def write_markdown(rows: list[dict[str, object]], out: Path, command: str, skipp
     ]
     comparable = {str(row["defense_name"]): row for row in matched_accuracy(rows, drops=(GRID_DROP,))}
     for defense in sorted({str(row["defense_name"]) for row in rows}):
-        best = comparable.get(defense) or max((row for row in rows if row["defense_name"] == defense), key=lambda r: float(r["test_accuracy"]))
-        source = out / "runs" / str(best.get("white_box_grid", ""))
-        if best.get("white_box_grid") and source.is_file():
+        chosen = comparable.get(defense) or max((row for row in rows if row["defense_name"] == defense), key=lambda r: float(r["test_accuracy"]))
+        source = out / "runs" / str(chosen.get("white_box_grid", ""))
+        if chosen.get("white_box_grid") and source.is_file():
             target = grids / f"{defense}.png"
             shutil.copyfile(source, target)
-            lines += [f"**{defense}** ({best['run']}, accuracy {best['test_accuracy']:.4f}):", "", f"![{defense}](grids/{defense}.png)", ""]
+            lines += [f"**{defense}** ({chosen['run']}, accuracy {chosen['test_accuracy']:.4f}):", "", f"![{defense}](grids/{defense}.png)", ""]
     if skipped:
         lines += ["## Skipped combinations", ""] + [f"- {item['settings']}: {item['reason']}" for item in skipped] + [""]
     if failed:
