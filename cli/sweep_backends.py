@@ -100,18 +100,21 @@ class LocalBackend:
 
 
 def _remote_demo(name: str, base_yaml: str, overrides: list[str], threads: int) -> dict[str, object]:
-    """Run one demo on a Ray worker and return its report and images as bytes."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"cemsplit-sweep-{name}-"))
-    base = workdir / "base.yaml"
-    base.write_text(base_yaml, encoding="utf-8")
-    out = workdir / "run"
-    command = [sys.executable, "-m", "cemsplit.cli", "demo", "--out", str(out), "--config", str(base), "--threads", str(threads), *overrides]
-    result = subprocess.run(command, capture_output=True, text=True)
-    files: dict[str, bytes] = {}
-    if out.is_dir():
-        for path in out.rglob("*"):
-            if path.is_file() and (path.suffix in (".png", ".md") or path.name in ("report.json", "metrics.jsonl", "config.yaml")):
-                files[str(path.relative_to(out))] = path.read_bytes()
+    """Run one demo on a Ray worker and return its report and images as bytes.
+
+    The run directory on the worker, with its checkpoints and traffic log, is deleted afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"cemsplit-sweep-{name}-") as workdir:
+        base = Path(workdir) / "base.yaml"
+        base.write_text(base_yaml, encoding="utf-8")
+        out = Path(workdir) / "run"
+        command = [sys.executable, "-m", "cemsplit.cli", "demo", "--out", str(out), "--config", str(base), "--threads", str(threads), *overrides]
+        result = subprocess.run(command, capture_output=True, text=True)
+        files: dict[str, bytes] = {}
+        if out.is_dir():
+            for path in out.rglob("*"):
+                if path.is_file() and (path.suffix in (".png", ".md") or path.name in ("report.json", "metrics.jsonl", "config.yaml")):
+                    files[str(path.relative_to(out))] = path.read_bytes()
     return {"code": result.returncode, "files": files, "log": result.stdout + result.stderr}
 
 

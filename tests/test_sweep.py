@@ -172,7 +172,9 @@ def test_ray_backend_on_loopback(tmp_path):
     script = textwrap.dedent(RAY_SCRIPT).format(arguments=arguments)
     # Ray's socket paths must stay under 107 bytes, so its session lives in a short temporary path.
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": sys.executable, "OUT": str(out), "RAY_TMP": ray_tmp}
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": sys.executable, "OUT": str(out), "RAY_TMP": ray_tmp, "TMPDIR": str(worker_tmp)}
     try:
         result = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, timeout=1800, env=environment)
     finally:
@@ -184,3 +186,4 @@ def test_ray_backend_on_loopback(tmp_path):
     assert data["failed"] == []
     assert (out / "runs" / "defense-noise__noise_std-0.05" / "attacker" / "white_box.png").is_file()
     assert (out / "accuracy_vs_ssim.png").is_file()
+    assert list(worker_tmp.glob("cemsplit-sweep-*")) == [], "the Ray workers left run directories behind"
