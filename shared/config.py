@@ -453,10 +453,12 @@ def format_validation_error(error: ValidationError, source: str, sources: dict[t
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         origin = (sources or {}).get(tuple(str(part) for part in item["loc"][:2]), source)
-        problem = item["msg"]
+        problem = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             problem = "unknown key" + _suggestion(item["loc"]) + "; configs/demo.yaml lists every key"
-        got = f" (got {item['input']!r})" if item["type"] != "extra_forbidden" and "input" in item else ""
+        # A whole section as input says nothing the key does not; quote only single values.
+        quoted = "input" in item and item["type"] != "extra_forbidden" and not isinstance(item["input"], dict)
+        got = f" (got {item['input']!r})" if quoted else ""
         lines.append(f"{origin}: {key}: {problem}{got}")
     return "\n".join(lines)
 
