@@ -34,10 +34,16 @@ def _prepare_output(out: Path, base: RunConfig) -> Path:
     if base_path.is_file():
         # Validating fills in settings added to cemsplit since the sweep began, at their defaults,
         # so that a newer cemsplit resumes an older sweep whose settings it reproduces.
-        stored = build_config(load_yaml(base_path), str(base_path))
-        if stored.model_dump(mode="json") != base.model_dump(mode="json"):
+        stored = build_config(load_yaml(base_path), str(base_path)).model_dump(mode="json")
+        wanted = base.model_dump(mode="json")
+        differing = [
+            f"{section}.{key} ({stored[section][key]!r} there, {wanted[section][key]!r} now)"
+            for section in wanted for key in wanted[section] if stored[section][key] != wanted[section][key]
+        ]
+        if differing:
             raise FileExistsError(
-                f"{out} holds a sweep with another base config ({base_path}); resume it with the same settings or choose a new --out"
+                f"{out} holds a sweep with another base config ({base_path}): {', '.join(differing)}; "
+                "resume it with the same settings or choose a new --out"
             )
     else:
         save_config(base, base_path)
@@ -70,6 +76,9 @@ def run_sweep(
         raise ConfigError("give at least one --grid KEY=V1,V2,...")
     axes = [parse_axis(text) for text in grid]
     runs, skipped = plan_runs(axes, base)
+    if not runs:
+        reasons = sorted({str(item["reason"]) for item in skipped})
+        raise ConfigError("no combination of the grid is a valid run; the config rejects them because:\n" + "\n".join(reasons))
     base_path = _prepare_output(out, base)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from cemsplit.shared.config import ConfigError, RunConfig, build_config
 from cemsplit.shared.defenses import build_defense
@@ -51,25 +54,46 @@ def _sections_by_field() -> dict[str, list[str]]:
     return owners
 
 
+def _unknown_key(text: str, key: str, known: list[str]) -> ConfigError:
+    matches = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {matches[0]}? " if matches else ""
+    return ConfigError(f"--grid {text!r}: {key} is not a config key; {hint}configs/demo.yaml lists every key")
+
+
+def _check_value(text: str, section: str, field: str, value: object) -> None:
+    """Raise ConfigError when `value` breaks the field's own type or range, whatever the rest."""
+    info = RunConfig.model_fields[section].annotation.model_fields[field]
+    try:
+        kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        TypeAdapter(kind).validate_python(value)
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"]
+        raise ConfigError(f"--grid {text!r}: {value!r} is not a valid {section}.{field}: {problem}; correct or drop that value") from None
+
+
 def parse_axis(text: str) -> Axis:
     """Parse "key=v1,v2,..." where key is a config field (noise_std) or section.field.
 
     Raises:
-        ConfigError: malformed text, an unknown or ambiguous key, or no values.
+        ConfigError: malformed text, an unknown or ambiguous key, no values, or a value of the
+            wrong type or out of range.
     """
     key, sep, values_text = text.partition("=")
     key = key.strip().replace("-", "_")
-    if not sep or not key or not values_text.strip():
+    if not sep or not key:
         raise ConfigError(f"--grid {text!r} must look like KEY=V1,V2,..., for example noise_std=0.01,0.05")
+    if not values_text.strip(" ,"):
+        raise ConfigError(f"--grid {text!r} gives {key} no values; list them after '=', for example {key}=V1,V2")
     owners = _sections_by_field()
     if "." in key:
         section, _, field = key.partition(".")
-        if section not in RunConfig.model_fields or field not in RunConfig.model_fields[section].annotation.model_fields:
-            raise ConfigError(f"--grid {text!r}: {key} is not a config key; see `cemsplit demo --help`")
+        known = [f"{s}.{f}" for s, info in RunConfig.model_fields.items() for f in info.annotation.model_fields]
+        if key not in known:
+            raise _unknown_key(text, key, known)
     else:
         field = key
         if field not in owners:
-            raise ConfigError(f"--grid {text!r}: {field} is not a config key; see `cemsplit demo --help`")
+            raise _unknown_key(text, field, list(owners))
         if len(owners[field]) > 1:
             choices = ", ".join(f"{s}.{field}" for s in owners[field])
             raise ConfigError(f"--grid {text!r}: {field} is ambiguous; write one of {choices}")
@@ -77,6 +101,8 @@ def parse_axis(text: str) -> Axis:
     values = tuple(yaml.safe_load(item.strip()) for item in values_text.split(",") if item.strip())
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"--grid {text!r} lists a value twice")
+    for value in values:
+        _check_value(text, section, field, value)
     return Axis(section, field, values)
 
 
@@ -107,8 +133,9 @@ def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list
     Returns (runs, skipped), where each skipped entry holds the settings and the reason.
     """
     keys = [axis.key for axis in axes]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"--grid names a key twice: {keys}")
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ConfigError(f"--grid names {', '.join(repeated)} more than once; give each key one --grid with all its values, for example noise_std=0.01,0.05")
     runs: list[PlannedRun] = []
     skipped: list[dict[str, object]] = []
     first_run_of: dict[str, str] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cemsplit.cli.sweep import _prepare_output
+from cemsplit.cli.sweep import _prepare_output, run_sweep
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
 from cemsplit.cli.sweep_report import matched_accuracy, pareto_front
 from cemsplit.shared.config import ConfigError, RunConfig
@@ -37,6 +37,30 @@ def test_grid_keys_and_values():
         parse_axis("noise_std")
     with pytest.raises(ConfigError, match="lists a value twice"):
         parse_axis("noise_std=0.1,0.1")
+    with pytest.raises(ConfigError, match="did you mean noise_std"):
+        parse_axis("noise_sd=0.05")
+    with pytest.raises(ConfigError, match="gives noise_std no values"):
+        parse_axis("noise_std=")
+
+
+def test_values_the_key_never_takes_are_errors():
+    # Each value fails whatever the other keys are, so it is named at once instead of being
+    # skipped in every combination.
+    with pytest.raises(ConfigError, match=r"'abc' is not a valid defense.noise_std: Input should be a valid number"):
+        parse_axis("noise_std=0.05,abc")
+    with pytest.raises(ConfigError, match=r"-1 is not a valid defense.noise_std: .*greater than or equal to 0"):
+        parse_axis("noise_std=-1")
+    with pytest.raises(ConfigError, match=r"'float8' is not a valid transport.wire_dtype"):
+        parse_axis("wire_dtype=float8")
+    with pytest.raises(ConfigError, match="names defense.noise_std more than once"):
+        plan_runs([parse_axis("noise_std=0.05"), parse_axis("noise_std=0.1")], RunConfig())
+
+
+def test_a_grid_without_one_valid_run_is_an_error(tmp_path):
+    out = tmp_path / "sweep"
+    with pytest.raises(ConfigError, match="no combination of the grid is a valid run(.|\n)*set --noise-std"):
+        run_sweep(RunConfig(), ["defense=noise,cem"], out)
+    assert not out.exists()
 
 
 def test_invalid_combinations_are_skipped():
@@ -104,7 +128,7 @@ def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(stored))
 
     assert _prepare_output(tmp_path, base) == tmp_path / "base.yaml"
-    with pytest.raises(FileExistsError, match="another base config"):
+    with pytest.raises(FileExistsError, match=r"another base config .*transport.train_call \('stream' there, 'unary' now\)"):
         _prepare_output(tmp_path, base.model_copy(update={"transport": base.transport.model_copy(update={"train_call": "unary"})}))
 
 
