@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display is needed or used
 import matplotlib.pyplot as plt  # noqa: E402
 
-ATTACK_METRICS = ("mse", "psnr", "ssim")
+ATTACK_METRICS = ("mse", "psnr", "ssim", "mean_image_mse")
 ACCURACY_DROPS = (0.01, 0.02, 0.05, 0.10)  # below the sweep's best test accuracy, as fractions
 GRID_DROP = 0.05  # reconstruction grids compare defences at most this far below the best accuracy
 
@@ -79,7 +79,7 @@ def matched_accuracy(rows: list[dict[str, object]], drops: tuple[float, ...] = A
     """Return, per accuracy floor and defence, the run with the highest attack MSE at or above the floor.
 
     Floors lie `drops` below the best test accuracy of the sweep (0.02 = 2 percentage points). A
-    defence with no run at or above a floor gets no row for it.
+    defence with no run at or above a floor gets a row whose "run" is None.
     """
     scored = [row for row in rows if isinstance(row.get(f"{threat}_mse"), (int, float))]
     if not scored:
@@ -92,7 +92,9 @@ def matched_accuracy(rows: list[dict[str, object]], drops: tuple[float, ...] = A
             eligible = [row for row in scored if row["defense_name"] == defense and float(row["test_accuracy"]) >= floor - 1e-9]
             if eligible:
                 pick = max(eligible, key=lambda row: float(row[f"{threat}_mse"]))
-                table.append({"drop": drop, "floor": floor, "defense_name": defense, **pick})
+                table.append({"drop": drop, "floor": floor, **pick})
+            else:
+                table.append({"drop": drop, "floor": floor, "defense_name": defense, "run": None})
     return table
 
 
@@ -122,58 +124,105 @@ def plot_tradeoff(rows: list[dict[str, object]], metric: str, path: Path, threat
     return path
 
 
-def write_markdown(rows: list[dict[str, object]], out: Path, command: str, skipped: list, failed: list) -> Path:
-    """Write sweep.md: the command, a results table, the plots and one grid per defence."""
-    lines = ["# cemsplit sweep", "", f"Command: `{command}`", "", f"{len(rows)} finished runs, {len(failed)} failed, {len(skipped)} skipped.", ""]
-    header = ["run", "defence", "test accuracy", "attack MSE", "attack SSIM", "attack PSNR"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in sorted(rows, key=lambda r: (str(r["defense_name"]), str(r["run"]))):
-        cells = [
-            str(row["run"]), str(row["defense_name"]), f"{row['test_accuracy']:.4f}",
-            *(f"{row.get(f'white_box_{m}', float('nan')):.4f}" for m in ("mse", "ssim", "psnr")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for plot in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png"):
-        if (out / plot).is_file():
-            lines += [f"![{plot}]({plot})", ""]
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(cells) + " |" for cells in rows), ""]
 
-    matched = matched_accuracy(rows)
-    if matched:
+
+def _number(row: dict[str, object], key: str, digits: int = 4) -> str:
+    value = row.get(key)
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def _results_section(rows: list[dict[str, object]]) -> list[str]:
+    """The table of every run, by defence and then by falling accuracy, and a warning about failed attacks."""
+    ordered = sorted(rows, key=lambda r: (str(r["defense_name"]), -float(r["test_accuracy"]), str(r["run"])))
+    header = ["run", "defence", "test accuracy", "attack MSE", "mean-image MSE", "attack SSIM", "attack PSNR (dB)"]
+    cells = [
+        [
+            str(row["run"]), str(row["defense_name"]), _number(row, "test_accuracy"), _number(row, "white_box_mse"),
+            _number(row, "white_box_mean_image_mse"), _number(row, "white_box_ssim"), _number(row, "white_box_psnr", 2),
+        ]
+        for row in ordered
+    ]
+    lines = _table(header, cells)
+    beaten = [row for row in ordered if _attack_failed(row)]
+    if beaten:
         lines += [
-            "## Privacy at matched accuracy", "",
-            "For each accuracy floor (a drop below the sweep's best test accuracy), the run of each defence with the highest "
-            "white-box attack MSE among its runs at or above the floor. Extra parameters are the defence's own trainable "
-            "weights on the client; training time is the client process's wall time from start to exit (training, evaluation "
-            "and checkpoints).", "",
+            f"**Warning:** in {len(beaten)} of {len(rows)} runs the attack's MSE is no lower than that of the mean image "
+            "(the average auxiliary image, the same for every input): there the attack learned nothing, and ranking those runs "
+            "by attack MSE compares failures. Train longer (more epochs, more training images) or give the decoder more "
+            f"epochs. Runs: {', '.join(str(row['run']) for row in beaten)}.", "",
         ]
-        header = ["floor", "defence", "run", "test accuracy", "attack MSE", "attack SSIM", "extra parameters", "training (s)"]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in matched:
-            training = row.get("training_s")
-            cells = [
-                f"{row['floor']:.4f} (best - {row['drop']:g})", str(row["defense_name"]), str(row["run"]),
-                f"{row['test_accuracy']:.4f}", f"{row['white_box_mse']:.4f}", f"{row.get('white_box_ssim', float('nan')):.4f}",
-                f"{int(row.get('defense_parameters') or 0):,}", f"{training:.0f}" if isinstance(training, (int, float)) else "-",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+    return lines
 
+
+def _attack_failed(row: dict[str, object]) -> bool:
+    mse, baseline = row.get("white_box_mse"), row.get("white_box_mean_image_mse")
+    return isinstance(mse, (int, float)) and isinstance(baseline, (int, float)) and mse >= baseline
+
+
+def _matched_section(rows: list[dict[str, object]]) -> list[str]:
+    """Per accuracy floor and defence, the most private run (see matched_accuracy)."""
+    matched = matched_accuracy(rows)
+    if not matched:
+        return []
+    lines = [
+        "## Privacy at matched accuracy", "",
+        "For each accuracy floor (a drop below the sweep's best test accuracy), the run of each defence with the highest "
+        "white-box attack MSE among its runs at or above the floor. Extra parameters are the defence's own trainable "
+        "weights on the client; training time is the client process's wall time from start to exit (training, evaluation "
+        "and checkpoints).", "",
+    ]
+    header = ["floor", "defence", "run", "test accuracy", "attack MSE", "mean-image MSE", "attack SSIM", "extra parameters", "training (s)"]
+    cells = []
+    for row in matched:
+        floor = f"{row['floor']:.4f} (best - {row['drop']:g})"
+        if row["run"] is None:
+            cells.append([floor, str(row["defense_name"]), "no run at or above the floor", *["-"] * 6])
+            continue
+        cells.append([
+            floor, str(row["defense_name"]), str(row["run"]), _number(row, "test_accuracy"), _number(row, "white_box_mse"),
+            _number(row, "white_box_mean_image_mse"), _number(row, "white_box_ssim"),
+            f"{int(row.get('defense_parameters') or 0):,}", _number(row, "training_s", 0),
+        ])
+    return lines + _table(header, cells)
+
+
+def _grids_section(rows: list[dict[str, object]], out: Path) -> list[str]:
+    """Copy one reconstruction grid per defence into out/grids and return the section that shows them."""
     grids = out / "grids"
     grids.mkdir(exist_ok=True)
-    lines += [
+    lines = [
         "## Reconstructions", "",
         f"Per defence, its most private run (highest white-box attack MSE) within {GRID_DROP:g} of the sweep's best test "
         "accuracy, or its most accurate run when none comes that close: originals above white-box reconstructions.", "",
     ]
-    comparable = {str(row["defense_name"]): row for row in matched_accuracy(rows, drops=(GRID_DROP,))}
+    comparable = {str(row["defense_name"]): row for row in matched_accuracy(rows, drops=(GRID_DROP,)) if row["run"] is not None}
     for defense in sorted({str(row["defense_name"]) for row in rows}):
-        chosen = comparable.get(defense) or max((row for row in rows if row["defense_name"] == defense), key=lambda r: float(r["test_accuracy"]))
+        chosen = comparable.get(defense)
+        why = f"most private within {GRID_DROP:g} of the best accuracy"
+        if chosen is None:
+            chosen = max((row for row in rows if row["defense_name"] == defense), key=lambda r: float(r["test_accuracy"]))
+            why = f"most accurate; no run within {GRID_DROP:g} of the best accuracy"
         source = out / "runs" / str(chosen.get("white_box_grid", ""))
         if chosen.get("white_box_grid") and source.is_file():
-            target = grids / f"{defense}.png"
-            shutil.copyfile(source, target)
-            lines += [f"**{defense}** ({chosen['run']}, accuracy {chosen['test_accuracy']:.4f}):", "", f"![{defense}](grids/{defense}.png)", ""]
+            shutil.copyfile(source, grids / f"{defense}.png")
+            lines += [
+                f"**{defense}** ({chosen['run']}, accuracy {chosen['test_accuracy']:.4f}, {why}):", "",
+                f"![{defense}](grids/{defense}.png)", "",
+            ]
+    return lines
+
+
+def write_markdown(rows: list[dict[str, object]], out: Path, command: str, skipped: list, failed: list) -> Path:
+    """Write sweep.md: the command, a results table, the plots, the matched-accuracy table and one grid per defence."""
+    lines = ["# cemsplit sweep", "", f"Command: `{command}`", "", f"{len(rows)} finished runs, {len(failed)} failed, {len(skipped)} skipped.", ""]
+    lines += _results_section(rows)
+    for plot in ("accuracy_vs_mse.png", "accuracy_vs_ssim.png"):
+        if (out / plot).is_file():
+            lines += [f"![{plot}]({plot})", ""]
+    lines += _matched_section(rows)
+    lines += _grids_section(rows, out)
     if skipped:
         lines += ["## Skipped combinations", ""] + [f"- {item['settings']}: {item['reason']}" for item in skipped] + [""]
     if failed:

@@ -13,7 +13,7 @@ import yaml
 
 from cemsplit.cli.sweep import _prepare_output, run_sweep
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
-from cemsplit.cli.sweep_report import matched_accuracy, pareto_front
+from cemsplit.cli.sweep_report import matched_accuracy, pareto_front, write_markdown
 from cemsplit.shared.config import ConfigError, RunConfig
 
 SMALL = ["--train-limit", "256", "--test-limit", "100", "--aux-limit", "128", "--epochs", "1", "--decoder-epochs", "1", "--batch-size", "64", "--threads", "1"]
@@ -111,13 +111,29 @@ def test_matched_accuracy_picks_the_most_private_run_above_each_floor():
         {"run": "d", "defense_name": "cem", "test_accuracy": 0.90, "white_box_mse": 0.050},
         {"run": "e", "defense_name": "cem", "test_accuracy": 0.99, "white_box_mse": None},
     ]
-    table = matched_accuracy(rows, drops=(0.01, 0.05))
+    table = matched_accuracy(rows, drops=(0.001, 0.01, 0.05))
     picks = {(row["drop"], row["defense_name"]): row["run"] for row in table}
 
     # The best scored accuracy is 0.98 ("e" has no attack score and sets nothing).
-    assert picks == {(0.01, "cem"): "c", (0.01, "noise"): "a", (0.05, "cem"): "c", (0.05, "noise"): "b"}
-    assert table[0]["floor"] == pytest.approx(0.97)
+    assert picks == {
+        (0.001, "cem"): None, (0.001, "noise"): "a",
+        (0.01, "cem"): "c", (0.01, "noise"): "a",
+        (0.05, "cem"): "c", (0.05, "noise"): "b",
+    }
+    assert table[2]["floor"] == pytest.approx(0.97)
     assert matched_accuracy([]) == []
+
+
+def test_report_names_defences_out_of_reach_and_failed_attacks(tmp_path):
+    rows = [
+        {"run": "n", "defense_name": "noise", "test_accuracy": 0.98, "white_box_mse": 0.010, "white_box_mean_image_mse": 0.067},
+        {"run": "c", "defense_name": "cem", "test_accuracy": 0.50, "white_box_mse": 0.090, "white_box_mean_image_mse": 0.067},
+    ]
+    report = write_markdown(rows, tmp_path, "cemsplit sweep ...", [], []).read_text()
+
+    assert "in 1 of 2 runs the attack's MSE is no lower than that of the mean image" in report
+    assert report.count("| cem | no run at or above the floor |") == 4
+    assert "| 0.9700 (best - 0.01) | noise | n | 0.9800 | 0.0100 | 0.0670 |" in report
 
 
 def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
