@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     from cemsplit.cli.reporter import ReportError
     from cemsplit.shared.errors import USER_ERRORS
 
+    if args.command in ("demo", "sweep"):
+        from cemsplit.cli.processes import interrupt_on_sigterm
+
+        interrupt_on_sigterm()
     try:
         if args.command == "demo":
             from cemsplit.cli.demo import run_demo

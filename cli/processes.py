@@ -17,13 +17,22 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM this child when the launcher dies, even by SIGKILL."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so that a launcher stops its children as on Ctrl-C."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 class RoleFailed(RuntimeError):
@@ -67,7 +76,7 @@ def start_role(role: str, arguments: list[str], log_dir: Path, env: dict[str, st
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         # Its own session: Ctrl-C reaches the launcher only, which then stops the roles in order.
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
     )
     handle.close()
     log.info("started %s (pid %d), log %s", role, process.pid, log_path)

@@ -114,7 +114,11 @@ def run_sweep(
     def on_done(outcome: RunOutcome) -> None:
         counter["done"] += 1
         state = "finished" if outcome.ok else f"FAILED ({outcome.message.splitlines()[0]})"
-        print(f"  [{counter['done']}/{len(todo)}] {outcome.name}: {state} after {time.monotonic() - started:.0f} s", flush=True)
+        print(
+            f"  [{counter['done']}/{len(todo)}] {outcome.name}: {state} in {outcome.seconds:.0f} s "
+            f"({time.monotonic() - started:.0f} s since the sweep began)",
+            flush=True,
+        )
 
     outcomes = executor.run(todo, base_path, out / "logs", on_done) if todo else []
     failed = [{"run": o.name, "message": o.message} for o in outcomes if not o.ok]

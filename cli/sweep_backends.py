@@ -12,10 +12,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
+from cemsplit.cli.processes import die_with_parent
 from cemsplit.cli.sweep_plan import PlannedRun
 
 log = logging.getLogger(__name__)
@@ -23,11 +25,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOutcome:
-    """The result of one run: its name, whether it finished, and the end of its log on failure."""
+    """The result of one run: its name, whether it finished, its wall time in seconds, and the end of its log on failure."""
 
     name: str
     ok: bool
     message: str = ""
+    seconds: float = 0.0
 
 
 def demo_command(run_dir: Path, base_config: Path, run: PlannedRun, threads: int) -> list[str]:
@@ -54,18 +57,21 @@ class LocalBackend:
 
     def _run_one(self, run: PlannedRun, run_dir: Path, base_config: Path, log_dir: Path) -> RunOutcome:
         log_path = log_dir / f"{run.name}.log"
+        started = time.monotonic()
         with open(log_path, "wb") as handle:
             process = subprocess.Popen(
-                demo_command(run_dir, base_config, run, self.threads), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                demo_command(run_dir, base_config, run, self.threads), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
             with self._lock:
                 self._running.add(process)
             code = process.wait()
             with self._lock:
                 self._running.discard(process)
+        seconds = time.monotonic() - started
         if code == 0 and (run_dir / "report.json").is_file():
-            return RunOutcome(run.name, True)
-        return RunOutcome(run.name, False, f"exit status {code}; end of {log_path}:\n{_tail(log_path.read_text(errors='replace'))}")
+            return RunOutcome(run.name, True, seconds=seconds)
+        return RunOutcome(run.name, False, f"exit status {code}; end of {log_path}:\n{_tail(log_path.read_text(errors='replace'))}", seconds)
 
     def run(self, runs: list[tuple[PlannedRun, Path]], base_config: Path, log_dir: Path, on_done) -> list[RunOutcome]:
         """Run every (run, run directory) pair; on_done(outcome) is called as each one ends."""
@@ -109,13 +115,15 @@ def _remote_demo(name: str, base_yaml: str, overrides: list[str], threads: int) 
         base.write_text(base_yaml, encoding="utf-8")
         out = Path(workdir) / "run"
         command = [sys.executable, "-m", "cemsplit.cli", "demo", "--out", str(out), "--config", str(base), "--threads", str(threads), *overrides]
+        started = time.monotonic()
         result = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.monotonic() - started
         files: dict[str, bytes] = {}
         if out.is_dir():
             for path in out.rglob("*"):
                 if path.is_file() and (path.suffix in (".png", ".md") or path.name in ("report.json", "metrics.jsonl", "config.yaml")):
                     files[str(path.relative_to(out))] = path.read_bytes()
-    return {"code": result.returncode, "files": files, "log": result.stdout + result.stderr}
+    return {"code": result.returncode, "files": files, "log": result.stdout + result.stderr, "seconds": seconds}
 
 
 class RayBackend:
@@ -159,10 +167,10 @@ class RayBackend:
         log_path = log_dir / f"{run.name}.log"
         log_path.write_text(result["log"], encoding="utf-8")
         if result["code"] != 0 or "report.json" not in result["files"]:
-            return RunOutcome(run.name, False, f"exit status {result['code']} on the Ray worker; end of {log_path}:\n{_tail(result['log'])}")
+            return RunOutcome(run.name, False, f"exit status {result['code']} on the Ray worker; end of {log_path}:\n{_tail(result['log'])}", result["seconds"])
         # report.json marks a finished run, so it is written last.
         for relative, data in sorted(result["files"].items(), key=lambda item: item[0] == "report.json"):
             target = run_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        return RunOutcome(run.name, True)
+        return RunOutcome(run.name, True, seconds=result["seconds"])

@@ -120,3 +120,18 @@ def newest_client_checkpoint(client_run_dir: Path) -> Path:
     paths = sorted((client_run_dir / "checkpoints").glob("client-step-*.pt"))
     assert paths, f"no client checkpoints in {client_run_dir / 'checkpoints'}"
     return paths[-1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Return pids of live processes whose command line contains text."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -1,34 +1,17 @@
-"""`cemsplit demo` across three real processes: report, failures and Ctrl-C."""
+"""`cemsplit demo` across three real processes: report, failures, Ctrl-C and SIGTERM."""
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY, pid_alive
+from conftest import TINY, processes_mentioning
 
 DEMO = [sys.executable, "-m", "cemsplit.cli", "demo", *TINY, "--epochs", "2", "--decoder-epochs", "2", "--batch-size", "32"]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Return pids of live processes whose command line contains text."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in command and pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.slow
@@ -90,7 +73,8 @@ def test_demo_refuses_existing_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_ctrl_c_stops_all_roles(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_interrupt_stops_all_roles(tmp_path, signum):
     out = tmp_path / "run"
     # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT,
     # so the demo gets the default disposition back to turn SIGINT into KeyboardInterrupt.
@@ -105,7 +89,7 @@ def test_demo_ctrl_c_stops_all_roles(tmp_path):
     while not (out / "client" / "manifest.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(processes_mentioning(str(out))) == 4  # the launcher and its three roles
-    demo.send_signal(signal.SIGINT)
+    demo.send_signal(signum)
     output, _ = demo.communicate(timeout=60)
     assert demo.returncode == 130, output
     assert "interrupted" in output

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from cemsplit.cli.sweep import _prepare_output, run_sweep
 from cemsplit.cli.sweep_plan import parse_axis, plan_runs
 from cemsplit.cli.sweep_report import matched_accuracy, pareto_front, write_markdown
 from cemsplit.shared.config import ConfigError, RunConfig
+from conftest import processes_mentioning
 
 SMALL = ["--train-limit", "256", "--test-limit", "100", "--aux-limit", "128", "--epochs", "1", "--decoder-epochs", "1", "--batch-size", "64", "--threads", "1"]
 GRID = ["--grid", "defense=noise,laplace", "--grid", "noise_std=0.05"]
@@ -146,6 +149,26 @@ def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
     assert _prepare_output(tmp_path, base) == tmp_path / "base.yaml"
     with pytest.raises(FileExistsError, match=r"another base config .*transport.train_call \('stream' there, 'unary' now\)"):
         _prepare_output(tmp_path, base.model_copy(update={"transport": base.transport.model_copy(update={"train_call": "unary"})}))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_every_process_it_started(tmp_path):
+    out = tmp_path / "sweep"
+    # The later --epochs wins: 20 epochs keep the first run busy until the signal comes.
+    command = [sys.executable, "-m", "cemsplit.cli", "sweep", "--out", str(out), *GRID, *SMALL, "--epochs", "20"]
+    sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    manifest = out / "runs" / "defense-noise__noise_std-0.05" / "client" / "manifest.jsonl"
+    deadline = time.monotonic() + 180
+    while not manifest.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert manifest.is_file(), "the first run's client never started training"
+    assert len(processes_mentioning(str(out))) == 5  # the sweep, its demo and the demo's three roles
+
+    sweep_process.send_signal(signal.SIGTERM)
+    output, _ = sweep_process.communicate(timeout=120)
+    assert sweep_process.returncode == 130, output
+    assert processes_mentioning(str(out)) == []
+    assert not (out / "runs" / "defense-noise__noise_std-0.05" / "report.json").exists()
 
 
 @pytest.mark.slow
