@@ -35,10 +35,10 @@ def _prepare_output(out: Path, base: RunConfig) -> Path:
         # Validating fills in settings added to cemsplit since the sweep began, at their defaults,
         # so that a newer cemsplit resumes an older sweep whose settings it reproduces.
         stored = build_config(load_yaml(base_path), str(base_path)).model_dump(mode="json")
-        wanted = base.model_dump(mode="json")
+        current = base.model_dump(mode="json")
         differing = [
-            f"{section}.{key} ({stored[section][key]!r} there, {wanted[section][key]!r} now)"
-            for section in wanted for key in wanted[section] if stored[section][key] != wanted[section][key]
+            f"{section}.{key} ({stored[section][key]!r} there, {current[section][key]!r} now)"
+            for section in current for key in current[section] if stored[section][key] != current[section][key]
         ]
         if differing:
             raise FileExistsError(

@@ -134,7 +134,7 @@ def _number(row: dict[str, object], key: str, digits: int = 4) -> str:
 
 
 def _results_section(rows: list[dict[str, object]]) -> list[str]:
-    """The table of every run, by defence and then by falling accuracy, and a warning about failed attacks."""
+    """Return the table of every run, by defence and then by falling accuracy, and a warning about failed attacks."""
     ordered = sorted(rows, key=lambda r: (str(r["defense_name"]), -float(r["test_accuracy"]), str(r["run"])))
     header = ["run", "defence", "test accuracy", "attack MSE", "mean-image MSE", "attack SSIM", "attack PSNR (dB)"]
     cells = [
@@ -162,7 +162,7 @@ def _attack_failed(row: dict[str, object]) -> bool:
 
 
 def _matched_section(rows: list[dict[str, object]]) -> list[str]:
-    """Per accuracy floor and defence, the most private run (see matched_accuracy)."""
+    """Return the table of the most private run per accuracy floor and defence (see matched_accuracy)."""
     matched = matched_accuracy(rows)
     if not matched:
         return []
@@ -200,15 +200,15 @@ def _grids_section(rows: list[dict[str, object]], out: Path) -> list[str]:
     comparable = {str(row["defense_name"]): row for row in matched_accuracy(rows, drops=(GRID_DROP,)) if row["run"] is not None}
     for defense in sorted({str(row["defense_name"]) for row in rows}):
         chosen = comparable.get(defense)
-        why = f"most private within {GRID_DROP:g} of the best accuracy"
+        reason = f"most private within {GRID_DROP:g} of the best accuracy"
         if chosen is None:
             chosen = max((row for row in rows if row["defense_name"] == defense), key=lambda r: float(r["test_accuracy"]))
-            why = f"most accurate; no run within {GRID_DROP:g} of the best accuracy"
+            reason = f"most accurate; no run within {GRID_DROP:g} of the best accuracy"
         source = out / "runs" / str(chosen.get("white_box_grid", ""))
         if chosen.get("white_box_grid") and source.is_file():
             shutil.copyfile(source, grids / f"{defense}.png")
             lines += [
-                f"**{defense}** ({chosen['run']}, accuracy {chosen['test_accuracy']:.4f}, {why}):", "",
+                f"**{defense}** ({chosen['run']}, accuracy {chosen['test_accuracy']:.4f}, {reason}):", "",
                 f"![{defense}](grids/{defense}.png)", "",
             ]
     return lines

@@ -46,7 +46,7 @@ def test_grid_keys_and_values():
         parse_axis("noise_std=")
 
 
-def test_values_the_key_never_takes_are_errors():
+def test_grid_rejects_invalid_values():
     # Each value fails whatever the other keys are, so it is named at once instead of being
     # skipped in every combination.
     with pytest.raises(ConfigError, match=r"'abc' is not a valid defense.noise_std: Input should be a valid number"):
@@ -59,7 +59,7 @@ def test_values_the_key_never_takes_are_errors():
         plan_runs([parse_axis("noise_std=0.05"), parse_axis("noise_std=0.1")], RunConfig())
 
 
-def test_a_grid_without_one_valid_run_is_an_error(tmp_path):
+def test_sweep_without_valid_runs_fails(tmp_path):
     out = tmp_path / "sweep"
     with pytest.raises(ConfigError, match="no combination of the grid is a valid run(.|\n)*set --noise-std"):
         run_sweep(RunConfig(), ["defense=noise,cem"], out)
@@ -106,7 +106,7 @@ def test_pareto_front():
     assert sorted(pareto_front(points, larger_x_is_better=False)) == [0]
 
 
-def test_matched_accuracy_picks_the_most_private_run_above_each_floor():
+def test_matched_accuracy_per_floor():
     rows = [
         {"run": "a", "defense_name": "noise", "test_accuracy": 0.98, "white_box_mse": 0.010},
         {"run": "b", "defense_name": "noise", "test_accuracy": 0.95, "white_box_mse": 0.020},
@@ -127,7 +127,7 @@ def test_matched_accuracy_picks_the_most_private_run_above_each_floor():
     assert matched_accuracy([]) == []
 
 
-def test_report_names_defences_out_of_reach_and_failed_attacks(tmp_path):
+def test_report_flags_unreachable_and_failed(tmp_path):
     rows = [
         {"run": "n", "defense_name": "noise", "test_accuracy": 0.98, "white_box_mse": 0.010, "white_box_mean_image_mse": 0.067},
         {"run": "c", "defense_name": "cem", "test_accuracy": 0.50, "white_box_mse": 0.090, "white_box_mean_image_mse": 0.067},
@@ -139,7 +139,7 @@ def test_report_names_defences_out_of_reach_and_failed_attacks(tmp_path):
     assert "| 0.9700 (best - 0.01) | noise | n | 0.9800 | 0.0100 | 0.0670 |" in report
 
 
-def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
+def test_sweep_resumes_after_new_setting(tmp_path):
     base = RunConfig()
     _prepare_output(tmp_path, base)
     stored = yaml.safe_load((tmp_path / "base.yaml").read_text())
@@ -152,7 +152,7 @@ def test_a_sweep_begun_before_a_setting_existed_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_sweep_and_every_process_it_started(tmp_path):
+def test_sweep_sigterm_stops_all_processes(tmp_path):
     out = tmp_path / "sweep"
     # The later --epochs wins: 20 epochs keep the first run busy until the signal comes.
     command = [sys.executable, "-m", "cemsplit.cli", "sweep", "--out", str(out), *GRID, *SMALL, "--epochs", "20"]
