@@ -13,7 +13,7 @@ from typing import Annotated
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from cemsplit.shared.config import ConfigError, RunConfig, build_config
+from cemsplit.shared.config import ConfigError, DefenseConfig, RunConfig, build_config
 from cemsplit.shared.defenses import build_defense
 from cemsplit.shared.specs import split_spec
 
@@ -110,15 +110,31 @@ def _slug(value: object) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", str(value))
 
 
+def trained_defense(defense: DefenseConfig) -> DefenseConfig:
+    """Return the defence a run trains with: a CEM variant at cem_weight 0 adds only its Gaussian noise.
+
+    Its loss then enters the encoder's gradient times zero, and its own weights never shape the
+    features sent, so the run trains and scores exactly as the same defence with noise in place
+    of the variant.
+    """
+    variant = defense.cem_variant
+    if variant is None or defense.cem_weight != 0:
+        return defense
+    parts = ["noise" if part == variant else part for part in defense.components]
+    return DefenseConfig.model_validate({**defense.model_dump(), "defense": "+".join(parts)})
+
+
 def effective_settings(config: RunConfig) -> str:
     """Return a canonical text of what a run with this config does.
 
-    The defence section is replaced by the settings the built defence reports using, so two
+    The defence section is replaced by the settings the trained defence reports using, so two
     configs that differ only in a setting their defence ignores (cem_weight under
-    --defense noise, for example) give the same text.
+    --defense noise, for example, or --defense cem against noise at cem_weight 0) give the
+    same text.
     """
     spec = split_spec(config)
-    defense = build_defense(config.defense, spec.num_classes, spec.client_sigmoid, config.train.seed + 1, math.prod(spec.feature_shape))
+    trained = trained_defense(config.defense)
+    defense = build_defense(trained, spec.num_classes, spec.client_sigmoid, config.train.seed + 1, math.prod(spec.feature_shape))
     values = config.model_dump(mode="json")
     values["defense"] = defense.describe()
     return json.dumps(values, sort_keys=True)
@@ -138,7 +154,7 @@ def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list
         raise ConfigError(f"--grid names {', '.join(repeated)} more than once; give each key one --grid with all its values, for example noise_std=0.01,0.05")
     runs: list[PlannedRun] = []
     skipped: list[dict[str, object]] = []
-    first_run_of: dict[str, str] = {}
+    first_run_of: dict[str, tuple[str, str]] = {}  # effective settings -> first run's name and defence
     base_values = base.model_dump(mode="json")
     for combination in itertools.product(*(axis.values for axis in axes)):
         settings = tuple(zip(keys, combination))
@@ -154,9 +170,12 @@ def plan_runs(axes: list[Axis], base: RunConfig) -> tuple[list[PlannedRun], list
         name = "__".join(f"{axis.field}-{_slug(value)}" for axis, value in zip(axes, combination))
         effective = effective_settings(config)
         if effective in first_run_of:
-            reason = f"same run as {first_run_of[effective]}: --defense {config.defense.defense} does not use the settings that differ"
-            skipped.append({"settings": dict(settings), "reason": reason, "same_as": first_run_of[effective]})
+            first, first_defense = first_run_of[effective]
+            reason = f"same run as {first}: --defense {config.defense.defense} does not use the settings that differ"
+            if config.defense.defense != first_defense:
+                reason = f"same run as {first}: at cem_weight 0 a CEM variant adds only its Gaussian noise, as --defense noise does"
+            skipped.append({"settings": dict(settings), "reason": reason, "same_as": first})
             continue
-        first_run_of[effective] = name
+        first_run_of[effective] = (name, config.defense.defense)
         runs.append(PlannedRun(name, settings))
     return runs, skipped

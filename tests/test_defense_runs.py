@@ -189,6 +189,24 @@ def check_attention_variant(defense, summary, rows, saved):
 
 
 @pytest.mark.slow
+def test_cem_at_weight_zero_trains_as_noise(services, tmp_path):
+    """A CEM variant at cem_weight 0 trains the same encoder as plain noise; sweeps rely on it."""
+    server, _, _ = services
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    run_client(server, ["--defense", "noise", "--noise-std", "0.025"], noise_dir)
+    expected = load_checkpoint(noise_dir / "client" / "encoder.pt")["encoder"]
+
+    for variant in ("cem", "cem-att", "cem-mix", "cem-enhanced"):
+        run_dir = tmp_path / variant
+        run_dir.mkdir()
+        run_client(server, [*DEFENSES[variant], "--cem-weight", "0"], run_dir)  # the later --cem-weight wins
+        trained = load_checkpoint(run_dir / "client" / "encoder.pt")["encoder"]
+        differing = [name for name, value in expected.items() if not torch.equal(value, trained[name])]
+        assert differing == [], f"{variant} at cem_weight 0 trained other encoder weights: {differing}"
+
+
+@pytest.mark.slow
 def test_demo_reports_defense(tmp_path):
     out = tmp_path / "run"
     command = [

@@ -80,14 +80,32 @@ def test_invalid_combinations_are_skipped():
 
 def test_repeats_of_a_run_are_skipped():
     runs, skipped = plan_runs([parse_axis("defense=noise,cem"), parse_axis("cem_weight=0,8")], RunConfig(defense={"defense": "noise", "noise_std": 0.05}))
-    assert [run.name for run in runs] == ["defense-noise__cem_weight-0", "defense-cem__cem_weight-0", "defense-cem__cem_weight-8"]
+    assert [run.name for run in runs] == ["defense-noise__cem_weight-0", "defense-cem__cem_weight-8"]
     assert skipped == [
         {
             "settings": {"defense.defense": "noise", "defense.cem_weight": 8},
             "reason": "same run as defense-noise__cem_weight-0: --defense noise does not use the settings that differ",
             "same_as": "defense-noise__cem_weight-0",
-        }
+        },
+        {
+            "settings": {"defense.defense": "cem", "defense.cem_weight": 0},
+            "reason": "same run as defense-noise__cem_weight-0: at cem_weight 0 a CEM variant adds only its Gaussian noise, as --defense noise does",
+            "same_as": "defense-noise__cem_weight-0",
+        },
     ]
+
+
+def test_cem_at_weight_zero_plans_as_noise():
+    base = RunConfig(defense={"defense": "noise", "noise_std": 0.05})
+    runs, skipped = plan_runs([parse_axis("cem_weight=0,8"), parse_axis("defense=cem-att+nopeek,noise+nopeek")], base)
+    assert [run.name for run in runs] == ["cem_weight-0__defense-cem-att+nopeek", "cem_weight-8__defense-cem-att+nopeek"]
+    assert [entry["same_as"] for entry in skipped] == ["cem_weight-0__defense-cem-att+nopeek"] * 2
+    assert "a CEM variant adds only its Gaussian noise" in skipped[0]["reason"]
+
+    # The default grid: 5 noise runs, and 4 variants x 5 noise levels x 2 non-zero weights.
+    axes = [parse_axis("noise_std=0.01,0.025,0.05,0.1,0.15"), parse_axis("cem_weight=0,8,16"), parse_axis("defense=noise,cem,cem-att,cem-mix,cem-enhanced")]
+    runs, skipped = plan_runs(axes, RunConfig())
+    assert (len(runs), len(skipped)) == (45, 30)
 
 
 def test_settings_a_defence_uses_are_never_merged():
