@@ -78,7 +78,10 @@ def run_sweep(
     runs, skipped = plan_runs(axes, base)
     if not runs:
         reasons = sorted({str(item["reason"]) for item in skipped})
-        raise ConfigError("no combination of the grid is a valid run; the config rejects them because:\n" + "\n".join(reasons))
+        raise ConfigError(
+            "no combination of the grid is a valid run; set each setting named below with its flag, or give it a --grid "
+            "of its own (for example --grid noise_std=0.025,0.05):\n" + "\n".join(reasons)
+        )
     base_path = _prepare_output(out, base)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)

@@ -456,7 +456,7 @@ def format_validation_error(error: ValidationError, source: str, sources: dict[t
         problem = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             problem = "unknown key" + _suggestion(item["loc"]) + "; configs/demo.yaml lists every key"
-        # A whole section as input says nothing the key does not; quote only single values.
+        # A whole section as input adds nothing to the key named, so only single values are quoted.
         quoted = "input" in item and item["type"] != "extra_forbidden" and not isinstance(item["input"], dict)
         got = f" (got {item['input']!r})" if quoted else ""
         lines.append(f"{origin}: {key}: {problem}{got}")
